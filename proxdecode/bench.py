@@ -1,0 +1,114 @@
+"""``proxdecode bench``: tokens/s of ``pd.generate`` against ``model.generate``.
+
+Same model, prompts and settings, in one process, alternating which goes first, median of
+``runs``; the ratio is the result (these machines are noisy, absolute times are not).
+Every row generates exactly ``new_tokens`` tokens (``min_new_tokens = max_new_tokens``) so
+both sides do the same work. Peak memory is the high-water RSS (CPU) or
+``max_memory_allocated`` (CUDA) of a fresh subprocess running one call.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+
+PROMPTS = ["I like to eat", "Today is a", "The capital of France is",
+           "Once upon a time, in a land far away, there lived a", "My favourite fruit is the",
+           "Write a short poem about the sea:", "The best way to learn is", "Yesterday I saw"]
+SETTINGS = dict(do_sample=True, top_k=50, top_p=0.9, temperature=0.8)
+
+
+def _inputs(tok, batch: int, device):
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    return tok(prompts, return_tensors="pt", padding=True).to(device)
+
+
+def _call(impl: str, model, enc, new_tokens: int, seed: int):
+    import proxdecode as pd
+
+    kw = dict(SETTINGS, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    if impl == "hf":
+        torch.manual_seed(seed)
+        return model.generate(**enc, **kw)
+    return pd.generate(model, **enc, **kw, seed=seed)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_generate(model, tok, batch: int, new_tokens: int, runs: int) -> dict:
+    """Median seconds of each implementation over ``runs`` alternating runs."""
+    device = next(model.parameters()).device
+    enc = _inputs(tok, batch, device)
+    for impl in ("hf", "pd"):  # warm-up: allocator, caches, lazy imports
+        _call(impl, model, enc, 4, 0)
+    times = {"hf": [], "pd": []}
+    for r in range(runs):
+        for impl in (("hf", "pd") if r % 2 == 0 else ("pd", "hf")):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = _call(impl, model, enc, new_tokens, r)
+            _sync(device)
+            times[impl].append(time.perf_counter() - t0)
+            assert out.shape[1] == enc["input_ids"].shape[1] + new_tokens
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"batch": batch, "new_tokens": new_tokens, "runs": runs,
+            "hf_tok_s": batch * new_tokens / med["hf"], "pd_tok_s": batch * new_tokens / med["pd"],
+            "speedup": med["hf"] / med["pd"], "hf_s": times["hf"], "pd_s": times["pd"]}
+
+
+def peak_memory_mib(impl: str, batch: int, new_tokens: int, dtype: str, device: str) -> float:
+    """Peak memory of one ``impl`` call in a fresh process (RSS high-water on CPU)."""
+    code = ("import sys; from proxdecode.bench import _probe; "
+            f"_probe({impl!r}, {batch}, {new_tokens}, {dtype!r}, {device!r})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _probe(impl, batch, new_tokens, dtype, device):
+    import proxdecode as pd
+
+    model, tok = pd.load_model(dtype=dtype, device=device)
+    enc = _inputs(tok, batch, model.device)
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        _call(impl, model, enc, new_tokens, 0)
+        print(torch.cuda.max_memory_allocated() / 2**20)
+    else:
+        _call(impl, model, enc, new_tokens, 0)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "float32",
+        device: str = "cpu", memory: bool = True, out_path: str | None = None) -> dict:
+    """Time both implementations at each batch size; return (and optionally write) results."""
+    import proxdecode as pd
+    import transformers
+
+    model, tok = pd.load_model(dtype=dtype, device=device)
+    rows = []
+    for b in batches:
+        row = time_generate(model, tok, b, new_tokens, runs)
+        if memory:
+            row["hf_peak_mib"] = peak_memory_mib("hf", b, new_tokens, dtype, device)
+            row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device)
+        rows.append(row)
+    result = {"model": pd.models.DEFAULT_MODEL, "dtype": dtype, "device": device,
+              "settings": SETTINGS, "rows": rows, "machine": platform.processor() or platform.machine(),
+              "cpus": torch.get_num_threads(), "torch": torch.__version__,
+              "transformers": transformers.__version__,
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if out_path:
+        with open(out_path, "w") as f:
+            json.dump(result, f, indent=2)
+    return result

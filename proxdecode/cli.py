@@ -1,0 +1,194 @@
+"""``proxdecode``: generate with proximal rewards, see them per token, and benchmark.
+
+    proxdecode generate "I like to eat" --reward ends-with:. --reward keywords:apple,orange \\
+        --steer 2 -n 4 --max-new-tokens 32 --seed 0
+    proxdecode demo
+    proxdecode bench --batch 1 8 32
+
+A reward is ``name[:args][=weight]``; ``--json`` prints one JSON document instead of the
+coloured view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+REWARDS = {
+    "ends-with": lambda arg, w: ("EndsWith", dict(suffix=arg or ".", weight=w)),
+    "keywords": lambda arg, w: ("Keywords", dict(words=[a for a in (arg or "").split(",") if a], weight=w)),
+    "fluency": lambda arg, w: ("Fluency", dict(weight=w)),
+}
+
+
+def parse_reward(spec: str):
+    """``name[:args][=weight]`` -> a ``pd.rewards`` family."""
+    from . import rewards
+
+    weight = 1.0
+    head, sep, tail = spec.rpartition("=")
+    if sep:
+        try:
+            weight, spec = float(tail), head
+        except ValueError:
+            pass  # an '=' inside the arguments
+    name, _, arg = spec.partition(":")
+    if name not in REWARDS:
+        raise SystemExit(f"unknown reward {name!r}; known: {', '.join(sorted(REWARDS))}")
+    cls, kwargs = REWARDS[name](arg, weight)
+    try:
+        return getattr(rewards, cls)(**kwargs)
+    except ValueError as e:
+        raise SystemExit(f"--reward {spec}: {e}")
+
+
+def _generate(model, tok, prompts, reward_specs, args, steer):
+    import proxdecode as pd
+
+    rewards = pd.Rewards(tok, [parse_reward(s) for s in reward_specs]) if reward_specs else None
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=args.max_new_tokens, num_return_sequences=args.n,
+              do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, return_dict_in_generate=True)
+    return pd.generate(model, **enc, rewards=rewards, steer=steer if rewards else 0.0,
+                       gamma=args.gamma, seed=args.seed, **kw)
+
+
+def _rows(out, tok, prompts, n):
+    """One dict per completion: text, per-token pieces, rewards and the return."""
+    rows = []
+    for i in range(out.tokens.shape[0]):
+        L = int(out.mask[i].sum())
+        ids = out.tokens[i, :L].tolist()
+        rows.append({
+            "prompt": prompts[i // n], "text": tok.decode(ids, skip_special_tokens=True),
+            "tokens": ids, "pieces": [tok.decode([t]) for t in ids],
+            "rewards": [round(float(r), 6) for r in out.rewards[i, :L]],
+            "components": {k: [round(float(r), 6) for r in v[i, :L]] for k, v in out.reward_components.items()},
+            "logprobs": [round(float(r), 6) for r in out.logprobs[i, :L]],
+            "return": round(float(out.returns[i, 0]), 6) if L else 0.0,
+        })
+    return rows
+
+
+def _render(console, rows, title):
+    from rich.panel import Panel
+    from rich.text import Text
+
+    for r in rows:
+        text = Text()
+        for piece, rew in zip(r["pieces"], r["rewards"]):
+            style = "bold green" if rew > 1e-9 else "bold red" if rew < -1e-9 else ""
+            text.append(piece, style=style)
+        console.print(Panel(text, title=f"{title}{r['prompt']!r}", subtitle=f"return {r['return']:+.3f}",
+                            subtitle_align="right"))
+
+
+def cmd_generate(args):
+    import proxdecode as pd
+    from rich.console import Console
+
+    model, tok = pd.load_model(args.model, dtype=args.dtype)
+    out = _generate(model, tok, args.prompts, args.reward, args, args.steer)
+    rows = _rows(out, tok, args.prompts, args.n)
+    if args.json:
+        print(json.dumps({"steer": args.steer, "rewards": args.reward, "completions": rows}))
+        return
+    console = Console()
+    console.print("[dim]tokens coloured by proximal reward: [green]> 0[/green], [red]< 0[/red][/dim]")
+    _render(console, rows, "")
+
+
+def cmd_demo(args):
+    """The seed's two prompts, unsteered and steered, side by side."""
+    import proxdecode as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    model, tok = pd.load_model(args.model, dtype=args.dtype)
+    prompts = ["I like to eat", "Today is a"]
+    specs = ["ends-with:.", "keywords:apple,orange"]
+    console = Console()
+    table = Table(title=f"proxdecode demo: rewards {specs}, {args.n} samples per prompt, seed {args.seed}")
+    table.add_column("prompt")
+    for steer in (0.0, args.steer):
+        table.add_column(f"steer = {steer:g}", ratio=1)
+    results = [_rows(_generate(model, tok, prompts, specs, args, s), tok, prompts, args.n)
+               for s in (0.0, args.steer)]
+    for i in range(len(prompts) * args.n):
+        table.add_row(results[0][i]["prompt"],
+                      *[f"{r[i]['text']}\n[dim]return {r[i]['return']:+.2f}[/dim]" for r in results])
+    console.print(table)
+    for s, rows in zip((0.0, args.steer), results):
+        mean = sum(r["return"] for r in rows) / len(rows)
+        dot = sum(r["text"].endswith(".") for r in rows) / len(rows)
+        console.print(f"steer {s:g}: mean return {mean:+.3f}, ends with '.' {dot:.0%}")
+
+
+def cmd_bench(args):
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import bench
+
+    res = bench.run(tuple(args.batch), args.new_tokens, args.runs, args.dtype, args.device,
+                    memory=not args.no_memory, out_path=args.out)
+    table = Table(title=f"pd.generate vs model.generate, {res['model']} {args.dtype}, "
+                        f"{args.new_tokens} new tokens, {bench.SETTINGS}")
+    for c in ("batch", "HF tok/s", "pd tok/s", "speedup", "HF peak MiB", "pd peak MiB"):
+        table.add_column(c, justify="right")
+    for r in res["rows"]:
+        table.add_row(str(r["batch"]), f"{r['hf_tok_s']:.1f}", f"{r['pd_tok_s']:.1f}", f"{r['speedup']:.2f}x",
+                      f"{r.get('hf_peak_mib', float('nan')):.0f}", f"{r.get('pd_peak_mib', float('nan')):.0f}")
+    Console(stderr=True).print(table)
+    print(json.dumps(res))
+
+
+def _sampling_args(p, n=1):
+    p.add_argument("--model", default=None, help="local HF model folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("-n", type=int, default=n, help="completions per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    p.add_argument("--gamma", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="proxdecode", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="generate and show per-token rewards")
+    g.add_argument("prompts", nargs="+")
+    g.add_argument("--reward", action="append", default=[], help="name[:args][=weight]; known: "
+                   + ", ".join(sorted(REWARDS)))
+    g.add_argument("--steer", type=float, default=0.0)
+    g.add_argument("--json", action="store_true")
+    _sampling_args(g)
+    d = sub.add_parser("demo", help="the seed's prompts with and without steering")
+    d.add_argument("--steer", type=float, default=4.0)
+    _sampling_args(d, n=3)
+    b = sub.add_parser("bench", help="tokens/s against model.generate")
+    b.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    b.add_argument("--new-tokens", type=int, default=64)
+    b.add_argument("--runs", type=int, default=3)
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    b.add_argument("--out", default=None, help="also write the JSON result here")
+    args = ap.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        {"generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench}[args.cmd](args)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"proxdecode {args.cmd}: {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

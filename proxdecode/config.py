@@ -1,0 +1,194 @@
+"""DecodeConfig: the checked, frozen view of one ``generate`` call.
+
+Why one object: every argument is resolved the way HF resolves it (call arguments over
+``generation_config`` over ``model.generation_config`` over HF's global defaults) and
+checked once, before any model work. The engine then reads plain Python values and never
+re-validates inside the loop. Anything HF's ``generate`` accepts that this engine does not
+implement raises here, naming the argument: nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# HF generate() arguments this engine implements.
+SUPPORTED_ARGS = frozenset({
+    "generation_config", "max_new_tokens", "max_length", "min_new_tokens", "do_sample",
+    "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "eos_token_id",
+    "pad_token_id", "bos_token_id", "num_return_sequences", "return_dict_in_generate",
+    "output_scores", "streamer", "stop_strings", "tokenizer", "use_cache", "cache_implementation",
+})
+
+# GenerationConfig fields whose non-default values select behaviour not implemented here.
+_INACTIVE_WHEN = {
+    "num_beams": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None,),
+    "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0),
+    "top_h": (None,), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+    "sequence_bias": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+    "guidance_scale": (None, 1.0), "exponential_decay_length_penalty": (None,),
+    "min_length": (None, 0), "max_time": (None,), "output_logits": (None, False),
+    "output_attentions": (None, False), "output_hidden_states": (None, False),
+    "renormalize_logits": (None, False), "remove_invalid_values": (None, False),
+    "watermarking_config": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
+    "encoder_repetition_penalty": (None, 1.0), "use_cache": (None, True),
+}
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Everything the decode loop needs, resolved and validated."""
+
+    max_new_tokens: int
+    min_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    num_return_sequences: int
+    return_dict_in_generate: bool
+    output_scores: bool
+    steer: float
+    gamma: float
+    prompt_seeds: tuple[int, ...] | None  # one per prompt, None: drawn from torch's RNG
+    stop_strings: tuple[str, ...] = ()
+    static_cache: bool | None = None  # None: static on CUDA (graph-capturable), dynamic on CPU
+
+    @staticmethod
+    def resolve(model, input_ids, attention_mask, *, steer, gamma, seed, rewards,
+                kwargs: dict[str, Any]) -> "DecodeConfig":
+        """Check the inputs and merge the generation arguments as HF's ``generate`` does."""
+        unknown = sorted(set(kwargs) - SUPPORTED_ARGS)
+        if unknown:
+            raise TypeError(f"pd.generate: unsupported generate argument(s) {unknown}; "
+                            f"supported: {sorted(SUPPORTED_ARGS)}")
+        _check_inputs(input_ids, attention_mask)
+        hf_kwargs = {k: v for k, v in kwargs.items()
+                     if k not in ("generation_config", "streamer", "tokenizer")}
+        gc, _ = model._prepare_generation_config(kwargs.get("generation_config"), **hf_kwargs)
+        for name, inactive in _INACTIVE_WHEN.items():
+            value = getattr(gc, name, None)
+            if not any(value is v or value == v for v in inactive):
+                raise ValueError(f"pd.generate: {name}={value!r} is not supported "
+                                 f"(allowed: {' or '.join(map(repr, inactive))})")
+
+        prompt_len = input_ids.shape[1]
+        max_new = gc.max_new_tokens
+        if max_new is None:
+            if gc.max_length is None or gc.max_length <= prompt_len:
+                raise ValueError(f"max_length={gc.max_length} must exceed the prompt length "
+                                 f"{prompt_len}; or pass max_new_tokens")
+            max_new = gc.max_length - prompt_len
+        _check_int("max_new_tokens", max_new, 0)
+        min_new = gc.min_new_tokens or 0
+        _check_int("min_new_tokens", min_new, 0)
+        do_sample = bool(gc.do_sample)
+        temperature = 1.0 if gc.temperature is None else gc.temperature
+        if do_sample or steer != 0.0:
+            if not isinstance(temperature, (int, float)) or not (temperature > 0) \
+                    or not math.isfinite(temperature):
+                raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        top_k = 0 if gc.top_k is None else gc.top_k
+        _check_int("top_k", top_k, 0)
+        top_p = 1.0 if gc.top_p is None else gc.top_p
+        if not isinstance(top_p, (int, float)) or not (0.0 < top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        min_p = 0.0 if gc.min_p is None else gc.min_p
+        if not isinstance(min_p, (int, float)) or not (0.0 <= min_p <= 1.0):
+            raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
+        rp = 1.0 if gc.repetition_penalty is None else gc.repetition_penalty
+        if not isinstance(rp, (int, float)) or not (rp > 0) or not math.isfinite(rp):
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {rp!r}")
+        n_ret = gc.num_return_sequences or 1
+        _check_int("num_return_sequences", n_ret, 1)
+
+        eos = gc.eos_token_id
+        eos_ids = () if eos is None else tuple(int(e) for e in ([eos] if isinstance(eos, int) else eos))
+        pad = gc.pad_token_id
+        if pad is None:
+            if not eos_ids:
+                raise ValueError("pad_token_id is unset and there is no eos_token_id to pad with")
+            pad = eos_ids[0]
+        stop_strings = kwargs.get("stop_strings")
+        stop_strings = () if stop_strings is None else (
+            (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings))
+        if stop_strings and kwargs.get("tokenizer") is None:
+            raise ValueError("stop_strings needs tokenizer= (as in HF generate)")
+        if kwargs.get("streamer") is not None and input_ids.shape[0] * n_ret != 1:
+            raise ValueError("streamer supports a batch of one sequence, as in HF generate")
+
+        cache_impl = getattr(gc, "cache_implementation", None)
+        if cache_impl not in (None, "static", "dynamic"):
+            raise ValueError(f"cache_implementation must be 'static', 'dynamic' or None, got {cache_impl!r}")
+        if not isinstance(steer, (int, float)) or not math.isfinite(steer):
+            raise ValueError(f"steer must be a finite number, got {steer!r}")
+        if steer != 0.0 and rewards is None:
+            raise ValueError("steer != 0 needs rewards= (there is nothing to steer with)")
+        if not isinstance(gamma, (int, float)) or not (0.0 <= gamma <= 1.0):
+            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+        return DecodeConfig(
+            max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
+            temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+            min_p=float(min_p), repetition_penalty=float(rp), eos_token_ids=eos_ids,
+            pad_token_id=int(pad), num_return_sequences=int(n_ret),
+            return_dict_in_generate=bool(gc.return_dict_in_generate),
+            output_scores=bool(gc.output_scores), steer=float(steer), gamma=float(gamma),
+            prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
+            static_cache=None if cache_impl is None else cache_impl == "static")
+
+    def row_seeds(self, batch: int) -> list[int]:
+        """One Philox key per output row (prompt-major, as HF orders num_return_sequences)."""
+        from .philox import row_seed
+
+        base = self.prompt_seeds
+        if base is None:
+            base = tuple(int(s) for s in torch.randint(0, 2**62, (batch,)))
+        return [row_seed(s, r) for s in base for r in range(self.num_return_sequences)]
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_inputs(input_ids, attention_mask) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 \
+            or input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError("input_ids must be an integer tensor of shape [batch, prompt_len]")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): "
+                         "need at least one prompt of at least one token")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+            shape = getattr(attention_mask, "shape", None)
+            raise ValueError(f"attention_mask must have the shape of input_ids "
+                             f"{tuple(input_ids.shape)}, got {shape}")
+
+
+def _prompt_seeds(seed, batch: int) -> tuple[int, ...] | None:
+    """int ``s`` gives prompt ``p`` the seed ``s + p``; a sequence gives one per prompt."""
+    if seed is None:
+        return None
+    if isinstance(seed, torch.Tensor):
+        seed = seed.tolist()
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        seeds = [seed + p for p in range(batch)]
+    elif isinstance(seed, Sequence) and not isinstance(seed, str):
+        seeds = list(seed)
+        if len(seeds) != batch:
+            raise ValueError(f"seed has {len(seeds)} entries for a batch of {batch} prompts")
+    else:
+        raise TypeError(f"seed must be an int, a sequence of ints or None, got {type(seed).__name__}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
+            raise ValueError(f"seed values must be integers in [0, 2**63), got {s!r}")
+    return tuple(seeds)

@@ -1,0 +1,95 @@
+"""Returns and advantages: pure functions over ``[B, T]`` rewards and masks.
+
+A trainer turns per-step rewards into learning signals: REINFORCE wants discounted returns,
+PPO wants GAE advantages (Schulman et al., 2016), GRPO wants each completion's score
+normalised within its group of completions of the same prompt (Shao et al., 2024).
+All three run as one reverse scan over ``T`` (``T`` small ops, no host sync); positions
+where ``mask`` is False contribute nothing and get 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check(rewards: torch.Tensor, mask: torch.Tensor, gamma: float, name: str = "gamma") -> None:
+    if rewards.ndim != 2 or mask.shape != rewards.shape:
+        raise ValueError(f"rewards and mask must both be [B, T]; got {tuple(rewards.shape)} "
+                         f"and {tuple(mask.shape)}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {gamma!r}")
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """``G_t = sum_k gamma^k r_{t+k}`` over the valid steps of each row.
+
+    Args:
+        rewards: ``[B, T]`` float.
+        mask: ``[B, T]`` bool, True on generated tokens (a prefix of each row).
+        gamma: discount in [0, 1].
+
+    Returns:
+        ``[B, T]`` float32, 0 where ``mask`` is False. New tensor.
+    """
+    _check(rewards, mask, gamma)
+    r = torch.where(mask, rewards.float(), 0.0)
+    out = torch.zeros_like(r)
+    running = torch.zeros_like(r[:, 0])
+    for t in range(r.shape[1] - 1, -1, -1):
+        running = r[:, t] + gamma * running * mask[:, t]
+        out[:, t] = running
+    return torch.where(mask, out, 0.0)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation; the value after a row's last valid step is 0.
+
+    Args:
+        rewards, values: ``[B, T]`` float; ``values[b, t]`` estimates the return from step t.
+        mask: ``[B, T]`` bool, True on generated tokens.
+        gamma, lam: discount and GAE lambda, each in [0, 1].
+
+    Returns:
+        ``(advantages, returns)``, each ``[B, T]`` float32, 0 where ``mask`` is False;
+        ``returns = advantages + values`` on valid steps (the value-function target).
+    """
+    _check(rewards, mask, gamma)
+    _check(values, mask, lam, "lam")
+    m = mask.float()
+    r, v = rewards.float() * m, values.float() * m
+    adv = torch.zeros_like(r)
+    running = torch.zeros_like(r[:, 0])
+    for t in range(r.shape[1] - 1, -1, -1):
+        next_v = v[:, t + 1] * m[:, t + 1] if t + 1 < r.shape[1] else torch.zeros_like(running)
+        delta = r[:, t] + gamma * next_v - v[:, t]
+        running = (delta + gamma * lam * running * (m[:, t + 1] if t + 1 < r.shape[1] else 0.0)) * m[:, t]
+        adv[:, t] = running
+    return adv, (adv + v) * m
+
+
+def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6,
+                     scale: bool = True) -> torch.Tensor:
+    """GRPO advantages: each score minus its group's mean, over the group's std if ``scale``.
+
+    Args:
+        scores: ``[N]`` float, one per completion; groups are consecutive runs of
+            ``group_size`` (the order ``num_return_sequences`` produces).
+        group_size: completions per prompt, >= 1, dividing ``N``.
+        eps: added to the std (unbiased, as TRL computes it).
+        scale: divide by the std (GRPO) or only centre (Dr. GRPO).
+
+    Returns:
+        ``[N]`` float32.
+    """
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be [N], got shape {tuple(scores.shape)}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
+            or scores.numel() % group_size:
+        raise ValueError(f"group_size must be an integer >= 1 dividing {scores.numel()}, got {group_size!r}")
+    g = scores.float().view(-1, group_size)  # [G, n]
+    centred = g - g.mean(-1, keepdim=True)
+    if scale:
+        std = g.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(g[:, :1])
+        centred = centred / (std + eps)
+    return centred.reshape(-1)

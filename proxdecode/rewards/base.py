@@ -1,0 +1,189 @@
+"""Reward families and the set that runs them inside the decode loop.
+
+A proximal reward R(s_t, a) is needed for *every* candidate token ``a`` at every step, so a
+family is written as a function from a small per-row device state to a ``[B, V]`` tensor,
+never as a call on decoded text. DESIGN.md sorts families into four kinds, and the kind
+decides where the work happens:
+
+- ``"table"``: a fixed value per token. All tables are folded, weighted, into one
+  ``[V]`` vector once per ``generate`` call; a step adds it with no other work.
+- ``"state"``: depends on the row's history through a device state ``[B, ...]`` that
+  ``update`` advances with the chosen tokens.
+- ``"model"``: a log-prob from the policy's logits (or a reference model's).
+- ``"text"``: a Python function of decoded text, off the hot path (see ``rewards.text``).
+
+Recorded rewards: the reward of step ``t`` is ``R(s_t, a_t)`` of the chosen token, and a
+family's ``terminal`` value is added on the row's last step. Families that reproduce a
+text-level rule shape it with a potential (Ng, Harada & Russell, 1999): per-step rewards
+``Phi(s_{t+1}) - Phi(s_t)``, so steering sees the signal early and the rewards of a row
+still sum to the rule's value on the final text.
+
+Rewards score the *completion* (the generated tokens, special tokens skipped), as TRL's
+reward functions do; the prompt is context, not output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+_STRINGS_CACHE: dict[int, tuple[object, list[str], torch.Tensor]] = {}
+
+
+def token_strings(tokenizer) -> tuple[list[str], torch.Tensor]:
+    """Each token id decoded alone, and a ``[V]`` bool mask of special tokens (cached)."""
+    hit = _STRINGS_CACHE.get(id(tokenizer))
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1], hit[2]
+    V = len(tokenizer)
+    strings = tokenizer.batch_decode([[i] for i in range(V)], clean_up_tokenization_spaces=False)
+    special = torch.zeros(V, dtype=torch.bool)
+    special[[i for i in tokenizer.all_special_ids if i < V]] = True
+    _STRINGS_CACHE[id(tokenizer)] = (tokenizer, strings, special)
+    return strings, special
+
+
+class Reward:
+    """One weighted reward family. Subclasses set ``kind`` and implement its hooks.
+
+    Hooks (``B`` rows, ``V`` vocabulary; all on the logits' device, no host sync):
+        bind(tokenizer): build CPU tables once, when the family joins a ``Rewards``.
+        table() -> [V]: kind "table" only.
+        init(batch, device) -> state: kinds "state" and "model".
+        score(state, logits) -> [B, V]: unweighted reward of every candidate.
+        update(state, tokens, alive) -> None: advance the state in place with ``[B]`` tokens.
+        terminal(state) -> [B] or None: added on the row's last step.
+    """
+
+    kind = "state"
+    default_name = "reward"
+
+    def __init__(self, weight: float = 1.0, name: str | None = None):
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ValueError(f"{type(self).__name__}: weight must be a finite number, got {weight!r}")
+        self.weight = float(weight)
+        self.name = name or self.default_name
+
+    def bind(self, tokenizer) -> None:
+        pass
+
+    def table(self) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} is not a token-table reward")
+
+    def init(self, batch: int, device) -> dict:
+        return {}
+
+    def score(self, state: dict, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement score()")
+
+    def update(self, state: dict, tokens: torch.Tensor, alive: torch.Tensor) -> None:
+        pass
+
+    def terminal(self, state: dict) -> torch.Tensor | None:
+        return None
+
+
+@dataclass
+class _Bound:
+    names: list[str]
+    table: torch.Tensor | None  # [V] weighted sum of all token tables
+    tables: torch.Tensor | None  # [F_table, V] weighted, for per-component reads
+    table_pos: list[int]  # component index of each table row
+    live: list[tuple[int, Reward]]  # (component index, family) of state/model kinds
+
+
+class Rewards:
+    """A weighted set of reward families for one tokenizer.
+
+    Args:
+        tokenizer: the tokenizer of the model to decode with.
+        families: ``Reward`` instances; names must be unique (they key
+            ``Rollout.reward_components``).
+    """
+
+    def __init__(self, tokenizer, families):
+        families = list(families)
+        if not families:
+            raise ValueError("Rewards needs at least one reward family")
+        for f in families:
+            if not isinstance(f, Reward):
+                raise TypeError(f"Rewards: {f!r} is not a proxdecode reward family")
+        names = [f.name for f in families]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"Rewards: duplicate reward names {dupes}; pass name= to tell them apart")
+        self.tokenizer = tokenizer
+        self.vocab_size = len(tokenizer)
+        self.families = families
+        for f in families:
+            f.bind(tokenizer)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.families]
+
+    def start(self, model_vocab: int, batch: int, device, tokenizer=None) -> "RewardRun":
+        """Check this set fits the model, and make the per-call device state."""
+        if tokenizer is not None and tokenizer is not self.tokenizer \
+                and tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError("rewards were built for another tokenizer than the one passed to generate")
+        if self.vocab_size > model_vocab or model_vocab - self.vocab_size > 256:
+            raise ValueError(f"rewards were built for a tokenizer of {self.vocab_size} tokens; the model "
+                             f"has {model_vocab} logits (allowed: equal, or up to 256 padding rows)")
+        tables, pos, live = [], [], []
+        for i, f in enumerate(self.families):
+            if f.kind == "table":
+                t = f.table().float()
+                tables.append(torch.nn.functional.pad(t, (0, model_vocab - t.numel())) * f.weight)
+                pos.append(i)
+            else:
+                live.append((i, f))
+        stacked = torch.stack(tables).to(device) if tables else None
+        bound = _Bound(self.names, stacked.sum(0) if tables else None, stacked, pos, live)
+        return RewardRun(bound, [f.init(batch, device) for _, f in live], model_vocab)
+
+
+class RewardRun:
+    """The device state of one ``generate`` call; the engine's only view of the rewards."""
+
+    def __init__(self, bound: _Bound, states: list[dict], vocab: int):
+        self.b, self.states, self.vocab = bound, states, vocab
+        self._dense: list[torch.Tensor] = []
+
+    @property
+    def names(self) -> list[str]:
+        return self.b.names
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B, V]`` weighted reward of every candidate token this step."""
+        total = self.b.table.expand(logits.shape[0], -1) if self.b.table is not None else 0.0
+        self._dense = []
+        for (_, f), st in zip(self.b.live, self.states):
+            d = f.score(st, logits) * f.weight  # [B, V']
+            d = torch.nn.functional.pad(d, (0, self.vocab - d.shape[1]))
+            self._dense.append(d)
+            total = total + d
+        if isinstance(total, float):
+            return torch.zeros_like(logits, dtype=torch.float32)
+        return total
+
+    def record(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """``[F, B]`` weighted reward of the chosen tokens (0 on dead rows); advances the state."""
+        out = torch.zeros(len(self.b.names), tokens.shape[0], device=tokens.device)
+        if self.b.tables is not None:
+            out[self.b.table_pos] = self.b.tables[:, tokens]
+        for (i, f), st, d in zip(self.b.live, self.states, self._dense):
+            out[i] = d.gather(1, tokens[:, None])[:, 0]
+            f.update(st, tokens, alive)
+        return out * alive
+
+    def terminal(self, batch: int, device) -> torch.Tensor:
+        """``[F, B]`` weighted terminal rewards from the final state."""
+        out = torch.zeros(len(self.b.names), batch, device=device)
+        for (i, f), st in zip(self.b.live, self.states):
+            t = f.terminal(st)
+            if t is not None:
+                out[i] = t * f.weight
+        return out

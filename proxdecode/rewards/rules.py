@@ -1,0 +1,132 @@
+"""Rule rewards from the seed write-up, as vectors over the vocabulary.
+
+The seed's ``get_reward(text)`` returns -1 unless the text ends with '.', and rewards
+mentioning both "apple" and "orange". Decoding every candidate's text and calling such a
+rule each step costs ``V`` Python calls a row; here each rule is a token table plus a
+few bits of row state, and a step is a handful of ``[B, V]`` tensor ops.
+
+Tokens are not words. ``EndsWith`` reads the last *token*: the completion ends with the
+suffix exactly when its last non-special token's own text does (byte-level BPE decodes
+token by token; special tokens such as EOS add no text). ``Keywords`` matches the token
+sequences of ``word``, `` word``, ``Word`` and `` Word``: a mention is a whole-word
+occurrence in either case of its first letter, and "apples" or "pineapple" do not count.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Reward, token_strings
+
+
+class EndsWith(Reward):
+    """-weight unless the completion ends with ``suffix`` (the seed's rule), shaped per step.
+
+    Potential ``Phi(s) = 0`` if the completion ``s`` ends with ``suffix``, else -1. A
+    candidate ``a`` scores ``Phi(s + a) - Phi(s)``: +1 for a token ending in the suffix when
+    the text does not end with it yet, -1 for continuing past it, 0 for EOS and other
+    special tokens (they add no text). The terminal reward ``Phi(empty) = -1`` closes the
+    telescoping sum, so a row's rewards add up to exactly the seed's value on its text.
+    Oracle: ``0 if text.endswith(suffix) else -1`` on the completion decoded with
+    ``skip_special_tokens=True``.
+    """
+
+    default_name = "ends_with"
+
+    def __init__(self, suffix: str = ".", weight: float = 1.0, name: str | None = None):
+        super().__init__(weight, name)
+        if not isinstance(suffix, str) or not suffix:
+            raise ValueError(f"EndsWith: suffix must be a non-empty string, got {suffix!r}")
+        self.suffix = suffix
+
+    def bind(self, tokenizer) -> None:
+        strings, special = token_strings(tokenizer)
+        self._ends = torch.tensor([s.endswith(self.suffix) for s in strings]) & ~special  # [V]
+        self._text = ~special  # [V] tokens that add text
+
+    def init(self, batch, device):
+        return {"ends": torch.zeros(batch, dtype=torch.bool, device=device),
+                "ends_tab": self._ends.to(device), "text_tab": self._text.to(device)}
+
+    def score(self, st, logits):
+        ends = st["ends_tab"].float()[None, :]  # [1, V]
+        now = st["ends"].float()[:, None]  # [B, 1]
+        return (ends - now) * st["text_tab"][None, :]  # [B, V]
+
+    def update(self, st, tokens, alive):
+        adds_text = st["text_tab"][tokens] & alive  # [B]
+        st["ends"] = torch.where(adds_text, st["ends_tab"][tokens], st["ends"])
+
+    def terminal(self, st):
+        return torch.full_like(st["ends"], -1.0, dtype=torch.float32)
+
+
+class Keywords(Reward):
+    """Coverage of a word list: the seed's "+1 if it mentions apple and orange".
+
+    Potential ``Phi`` = fraction of the words mentioned so far (``require_all=False``) or
+    1 once all are mentioned (``require_all=True``, the seed's rule); a candidate scores
+    ``Phi(after a) - Phi(now)``, so the rewards of a row sum to ``Phi`` of its completion.
+    Multi-token words are matched on their last token against the row's recent history.
+    Oracle: whole-word matches of each word (first letter in either case) in the text.
+    """
+
+    default_name = "keywords"
+
+    def __init__(self, words, weight: float = 1.0, require_all: bool = False, name: str | None = None):
+        super().__init__(weight, name)
+        words = [words] if isinstance(words, str) else list(words)
+        if not words or not all(isinstance(w, str) and w.strip() for w in words):
+            raise ValueError(f"Keywords: words must be a non-empty list of non-empty strings, got {words!r}")
+        self.words = [w.strip() for w in words]
+        self.require_all = require_all
+
+    def bind(self, tokenizer) -> None:
+        variants: dict[tuple[int, ...], set[int]] = {}
+        for k, w in enumerate(self.words):
+            for form in {w, " " + w, w[0].upper() + w[1:], " " + w[0].upper() + w[1:]}:
+                ids = tuple(tokenizer.encode(form, add_special_tokens=False))
+                if ids:
+                    variants.setdefault(ids, set()).add(k)
+        if not variants:
+            raise ValueError(f"Keywords: {self.words} tokenise to nothing")
+        lasts = sorted({v[-1] for v in variants})
+        self._lasts = torch.tensor(lasts)  # [U] token ids that can complete a word
+        self._variants = [(torch.tensor(v[:-1]), lasts.index(v[-1]), sorted(ks))
+                          for v, ks in variants.items()]
+        self._history = max(len(v) for v in variants) - 1
+
+    def init(self, batch, device):
+        return {"covered": torch.zeros(batch, len(self.words), dtype=torch.bool, device=device),
+                "hist": torch.full((batch, max(self._history, 1)), -1, dtype=torch.long, device=device),
+                "lasts": self._lasts.to(device),
+                "variants": [(p.to(device), u, ks) for p, u, ks in self._variants]}
+
+    def _hits(self, st) -> torch.Tensor:
+        """``[B, U, K]``: candidate ``lasts[u]`` completes word ``k`` given the history."""
+        B, K = st["covered"].shape
+        hits = torch.zeros(B, len(st["lasts"]), K, dtype=torch.bool, device=st["covered"].device)
+        for prefix, u, ks in st["variants"]:
+            m = len(prefix)
+            match = (st["hist"][:, -m:] == prefix).all(-1) if m else torch.ones(B, dtype=torch.bool,
+                                                                                   device=hits.device)
+            hits[:, u, ks] |= match[:, None]
+        return hits
+
+    def _phi(self, count: torch.Tensor) -> torch.Tensor:
+        n = len(self.words)
+        return (count >= n).float() if self.require_all else count.float() / n
+
+    def score(self, st, logits):
+        covered = st["covered"]  # [B, K]
+        new = (self._hits(st) & ~covered[:, None, :]).sum(-1)  # [B, U]
+        now = covered.sum(-1, keepdim=True)  # [B, 1]
+        gain = self._phi(now + new) - self._phi(now)  # [B, U]
+        out = torch.zeros(covered.shape[0], logits.shape[1], device=logits.device)
+        return out.index_copy_(1, st["lasts"], gain)  # [B, V]
+
+    def update(self, st, tokens, alive):
+        chosen = (st["lasts"][None, :] == tokens[:, None]) & alive[:, None]  # [B, U]
+        st["covered"] |= (self._hits(st) & chosen[:, :, None]).any(1)
+        st["hist"] = torch.where(alive[:, None], torch.cat([st["hist"][:, 1:], tokens[:, None]], 1),
+                                 st["hist"])

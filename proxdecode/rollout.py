@@ -1,0 +1,42 @@
+"""``Rollout``: what ``pd.generate`` returns when asked for more than token ids.
+
+It is a HF ``ModelOutput``, so code written for ``GenerateDecoderOnlyOutput`` keeps
+working (``out.sequences``, ``out.scores``, ``out["sequences"]``), and it carries what an
+on-policy trainer needs per generated token, aligned on ``[B, T]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class Rollout(ModelOutput):
+    """Per-token results of one ``generate`` call (``B`` rows, ``T`` new tokens).
+
+    Attributes:
+        sequences: ``[B, P+T]`` int64, prompt then new tokens, pad after EOS: what HF returns.
+        tokens: ``[B, T]`` int64, the new tokens.
+        mask: ``[B, T]`` bool, True up to and including each row's EOS.
+        logprobs: ``[B, T]`` float32, log-prob of each token under the distribution it was
+            drawn from (filtered, steered); the behaviour policy.
+        policy_logprobs: ``[B, T]`` float32, log-prob under the unmodified model at temperature 1.
+        rewards: ``[B, T]`` float32, proximal reward of each chosen token, terminal rewards
+            on each row's last valid step; 0 where ``mask`` is False.
+        reward_components: ``{name: [B, T]}``, one per family; they sum to ``rewards``.
+        returns: ``[B, T]`` float32, discounted returns with the call's ``gamma``.
+        scores: with ``output_scores=True``, HF's tuple of ``T`` processed ``[B, V]`` scores.
+    """
+
+    sequences: torch.LongTensor | None = None
+    tokens: torch.LongTensor | None = None
+    mask: torch.BoolTensor | None = None
+    logprobs: torch.FloatTensor | None = None
+    policy_logprobs: torch.FloatTensor | None = None
+    rewards: torch.FloatTensor | None = None
+    reward_components: dict | None = None
+    returns: torch.FloatTensor | None = None
+    scores: tuple | None = None

@@ -1,0 +1,143 @@
+"""The decode step, torch reference: logits in, one token per row out.
+
+This function is the specification. Triton (``kernels/``) and C++ (``csrc/``) versions
+of the same step must reproduce it: the same candidate set, the same probabilities to fp32
+rounding and, because the random draws are a pure function of (row seed, step, token id),
+the same tokens.
+
+Pipeline, per row of ``logits`` ``[B, V]`` (DESIGN.md, "The decode step"):
+
+1. flag rows with a NaN or ``+inf`` logit, or no finite logit, as invalid (never sampled);
+2. repetition penalty on tokens already seen (HF: divide positive, multiply negative);
+3. suppressed ids (``min_new_tokens`` hides EOS) set to ``-inf``;
+4. temperature: ``s = z / T``;
+5. candidate set on ``s``: top-k, then top-p, then min-p, in HF's order. Top-k is
+   ``torch.topk`` (no sort of the vocabulary); top-p then works on those ``k`` sorted
+   values only; only without top-k does top-p sort the row;
+6. steer inside the candidate set: ``s_a + beta * R[b, a]``;
+7. pick: Gumbel-max over the counter-based draws when sampling, argmax otherwise
+   (lowest token id wins a tie, as ``torch.argmax`` does over the vocabulary);
+8. emit the token, its log-prob under step 6's distribution and under the raw model
+   (``log_softmax(z)`` at temperature 1, before any processing).
+
+Ties: HF's top-k keeps every token tied with the k-th value; here the k-th slot goes to
+one of them. Top-p keeps a token while the mass ranked strictly above it is below ``p``,
+which is HF's rule written in descending order. Both differ from HF only on exact ties.
+No ``.item()``, no host sync, no branch on tensor values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import philox
+
+
+@dataclass
+class StepOutput:
+    """What one step emits, each ``[B]``."""
+
+    tokens: torch.Tensor  # int64
+    logprobs: torch.Tensor  # float32, under the steered, filtered distribution
+    policy_logprobs: torch.Tensor  # float32, under softmax(raw logits)
+    valid: torch.Tensor  # bool; False: the row had no usable logits and its token is junk
+    scores: torch.Tensor | None = None  # [B, V] the scores sampled from, -inf outside the set
+
+
+def _per_row(x, batch: int, device) -> torch.Tensor:
+    """A scalar or ``[B]`` parameter as a float32 ``[B, 1]`` column."""
+    t = torch.as_tensor(x, dtype=torch.float32, device=device)
+    return t.expand(batch).reshape(batch, 1) if t.ndim == 0 else t.reshape(batch, 1)
+
+
+def sample_step(
+    logits: torch.Tensor,
+    *,
+    seeds: torch.Tensor,
+    step: int,
+    do_sample: bool = True,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int = 0,
+    top_p: float | torch.Tensor = 1.0,
+    min_p: float | torch.Tensor = 0.0,
+    repetition_penalty: float = 1.0,
+    seen: torch.Tensor | None = None,
+    suppress: torch.Tensor | None = None,
+    reward: torch.Tensor | None = None,
+    steer: float = 0.0,
+    return_scores: bool = False,
+) -> StepOutput:
+    """Choose one token per row (torch reference; out of place, no host sync).
+
+    Args:
+        logits: ``[B, V]`` fp32/bf16/fp16 next-token logits; not modified.
+        seeds: ``[B]`` int64 Philox keys, one per row, in [0, 2**63).
+        step: decode step index, the Philox counter's second word.
+        do_sample: Gumbel-max sampling if True, argmax if False.
+        temperature: scalar or ``[B]``, > 0.
+        top_k: keep the ``top_k`` largest logits; 0 or ``>= V`` disables.
+        top_p: scalar or ``[B]`` in (0, 1]; 1 disables.
+        min_p: scalar or ``[B]`` in [0, 1]; 0 disables.
+        repetition_penalty: > 0; applied to the ids marked in ``seen``.
+        seen: ``[B, V]`` bool, tokens present in the row so far (prompt included).
+        suppress: ``[S]`` int64 ids set to ``-inf`` this step.
+        reward: ``[B, V]`` float32 proximal reward of every candidate, or None.
+        steer: beta, the weight of ``reward`` inside the candidate set.
+        return_scores: also return the dense ``[B, V]`` scores (HF's ``output_scores``).
+
+    Returns:
+        StepOutput with ``[B]`` tensors on ``logits.device``.
+    """
+    B, V = logits.shape
+    z = logits.float()  # [B, V]; one read of the logits
+    valid = ~(torch.isnan(z) | (z == float("inf"))).any(-1) & torch.isfinite(z).any(-1)  # [B]
+    z = torch.where(valid[:, None], z, torch.zeros((), device=z.device))  # keep the math finite
+    policy_lse = torch.logsumexp(z, dim=-1)  # [B]
+
+    if repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(z < 0, z * repetition_penalty, z / repetition_penalty)
+        z = torch.where(seen, penalised, z)  # [B, V]
+    if suppress is not None and suppress.numel():
+        z = z.index_fill(1, suppress, float("-inf"))
+    s = z / _per_row(temperature, B, z.device)  # [B, V]
+
+    # Candidate list [B, K]: sorted descending when a top-k or top-p needs the order.
+    top_p_t = _per_row(top_p, B, z.device)
+    use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
+    if 0 < top_k < V:
+        vals, idx = torch.topk(s, top_k, dim=-1)  # [B, k]
+    elif use_top_p:
+        vals, idx = torch.sort(s, dim=-1, descending=True)  # [B, V]
+    else:
+        vals, idx = s, torch.arange(V, device=s.device).expand(B, V)
+    neg_inf = torch.full((), float("-inf"), device=s.device)
+    keep = vals > neg_inf  # [B, K]
+    if use_top_p:
+        probs = torch.softmax(torch.where(keep, vals, neg_inf), dim=-1)  # [B, K]
+        mass_above = torch.cumsum(probs, dim=-1) - probs
+        keep &= mass_above < top_p_t
+    if not (isinstance(min_p, (int, float)) and min_p <= 0.0):
+        vmax = vals.max(dim=-1, keepdim=True).values  # [B, 1]
+        keep &= vals >= vmax + torch.log(_per_row(min_p, B, z.device))
+
+    scores = vals if reward is None or steer == 0.0 else vals + steer * reward.float().gather(1, idx)
+    scores = torch.where(keep, scores, neg_inf)  # [B, K]
+    logp = torch.log_softmax(scores, dim=-1)  # [B, K]
+    if do_sample:
+        u = philox.uniform(seeds, step, idx)  # [B, K]
+        pick = torch.argmax(scores - torch.log(-torch.log(u)), dim=-1)  # Gumbel-max
+    else:
+        best = scores.max(dim=-1, keepdim=True).values
+        pick = torch.where(scores == best, idx, V).min(dim=-1).values  # lowest id among ties
+        pick = torch.argmax((idx == pick[:, None]).int(), dim=-1)
+    pick = pick[:, None]  # [B, 1]
+    tokens = idx.gather(1, pick)[:, 0]  # [B]
+    logprobs = logp.gather(1, pick)[:, 0]
+    valid &= torch.isfinite(logprobs)
+    policy_logprobs = logits.float().gather(1, tokens[:, None])[:, 0] - policy_lse
+    dense = None
+    if return_scores:
+        dense = torch.full_like(s, float("-inf")).scatter(1, idx, scores)  # [B, V]
+    return StepOutput(tokens, logprobs, policy_logprobs, valid, dense)
