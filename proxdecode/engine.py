@@ -42,7 +42,7 @@ def _make_cache(model, max_len: int, static: bool):
 
 def _forward_fn(model, cache):
     """``forward(tokens, positions, mask) -> [B, V]`` last-position logits, using ``cache``."""
-    params = inspect.signature(model.forward).parameters
+    params = inspect.signature(type(model).forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.24 : older
 
     def forward(tokens, positions, mask):

@@ -1,0 +1,193 @@
+"""pd.generate against HF's model.generate, and the contract's promises."""
+
+import pytest
+import torch
+
+from transformers import GenerationConfig
+
+import proxdecode as pd
+
+PROMPTS = ["I like to eat", "Today is a", "The capital of France is",
+           "Once upon a time, in a land far away, there lived a", "Hi", "Write a haiku about the sea:",
+           "The quick brown fox jumps over the lazy dog. Then the dog", "1, 2, 3, 4,",
+           "What is the meaning of life? The answer is", "My favourite fruit is the",
+           "<|im_start|>user\nSay only: goodbye.<|im_end|>\n<|im_start|>assistant\n"]
+
+
+@pytest.mark.parametrize("rp,cache", [(1.0, "dynamic"), (1.3, "dynamic"), (1.0, "static")])
+def test_greedy_is_token_identical_to_hf(real, rp, cache):
+    model, tok = real
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    P = enc.input_ids.shape[1]
+    want = model.generate(**enc, max_new_tokens=32, do_sample=False, repetition_penalty=rp)
+    got = pd.generate(model, **enc, max_new_tokens=32, do_sample=False, repetition_penalty=rp,
+                      cache_implementation=cache)
+    assert (enc.attention_mask == 0).any(), "the batch must be left-padded"
+    assert (want[:, P:] == tok.eos_token_id).any(), "EOS must occur inside the window"
+    assert got.shape == want.shape and torch.equal(got, want)
+
+
+GREEDY_CASES = [
+    dict(max_new_tokens=12, min_new_tokens=12),
+    dict(max_new_tokens=10, min_new_tokens=8, eos_token_id=[2, 30]),
+    dict(max_length=20),
+    dict(max_new_tokens=9, repetition_penalty=0.7, pad_token_id=0),
+]
+
+
+@pytest.mark.parametrize("kw", GREEDY_CASES)
+def test_greedy_arguments_match_hf(tiny, kw):
+    model, tok = tiny
+    enc = tok(PROMPTS[:4], return_tensors="pt", padding=True)
+    want = model.generate(**enc, do_sample=False, **kw)
+    got = pd.generate(model, **enc, do_sample=False, **kw)
+    assert torch.equal(got, want)
+
+
+def test_num_return_sequences_layout(tiny):
+    model, tok = tiny
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    out = pd.generate(model, **enc, max_new_tokens=8, do_sample=True, num_return_sequences=3, seed=[4, 9])
+    P = enc.input_ids.shape[1]
+    assert out.shape == (6, P + 8)
+    assert torch.equal(out[:, :P], enc.input_ids.repeat_interleave(3, 0))
+    assert len({tuple(r) for r in out[:, P:].tolist()}) > 1  # each copy draws its own tokens
+    single = pd.generate(model, **tok(PROMPTS[1:2], return_tensors="pt"), max_new_tokens=8,
+                         do_sample=True, num_return_sequences=3, seed=[9])
+    assert torch.equal(single[:, -8:], out[3:, -8:])
+
+
+def test_stop_strings_and_streamer_match_hf(real):
+    model, tok = real
+    enc = tok(["The capital of France is"], return_tensors="pt")
+
+    class Collect:
+        def __init__(self):
+            self.calls = []
+
+        def put(self, value):
+            self.calls.append(value.tolist())
+
+        def end(self):
+            self.calls.append("end")
+
+    a, b = Collect(), Collect()
+    kw = dict(max_new_tokens=30, do_sample=False, stop_strings=["."], tokenizer=tok)
+    want = model.generate(**enc, streamer=a, **kw)
+    got = pd.generate(model, **enc, streamer=b, **kw)
+    assert torch.equal(got, want) and got.shape[1] < enc.input_ids.shape[1] + 30
+    assert a.calls == b.calls
+
+
+def test_rollout_fields_against_a_teacher_forced_forward(tiny):
+    model, tok = tiny
+    enc = tok(PROMPTS[:5], return_tensors="pt", padding=True)
+    out = pd.generate(model, **enc, max_new_tokens=16, do_sample=True, temperature=1.0, top_k=0,
+                      return_dict_in_generate=True, output_scores=True, seed=3, gamma=0.9)
+    assert isinstance(out, pd.Rollout) and out.sequences.shape == (5, enc.input_ids.shape[1] + 16)
+    assert torch.equal(out.tokens, out.sequences[:, enc.input_ids.shape[1]:])
+    # oracle: one forward over prompt + completion gives the policy's log-probs
+    P = enc.input_ids.shape[1]
+    mask = torch.cat([enc.attention_mask, out.mask.long()], 1)
+    with torch.no_grad():
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        logits = model(out.sequences, attention_mask=mask, position_ids=pos).logits
+    ref = torch.log_softmax(logits[:, P - 1:-1], -1).gather(2, out.tokens[..., None])[..., 0]
+    m = out.mask
+    torch.testing.assert_close(out.policy_logprobs[m], ref[m], atol=1e-4, rtol=1e-4)
+    # T = 1, no filters, no steering: the sampling distribution is the policy
+    torch.testing.assert_close(out.logprobs[m], out.policy_logprobs[m], atol=1e-5, rtol=1e-5)
+    assert len(out.scores) == out.tokens.shape[1]
+    chosen = torch.stack([torch.log_softmax(s, -1).gather(1, out.tokens[:, t:t + 1])[:, 0]
+                          for t, s in enumerate(out.scores)], 1)
+    torch.testing.assert_close(chosen[m], out.logprobs[m], atol=1e-5, rtol=1e-5)
+    assert (out.returns[~m] == 0).all() and (out.rewards == 0).all()
+
+
+def test_a_row_depends_only_on_its_seed_and_prompt(tiny):
+    model, tok = tiny
+    kw = dict(max_new_tokens=16, do_sample=True, top_k=50, top_p=0.9, temperature=0.9)
+    alone = pd.generate(model, **tok(["Today is a"], return_tensors="pt"), seed=[1234], **kw)
+    others = ["I like to eat", "Once upon a time, in a land far away", "Today is a", "Hi"]
+    batch = pd.generate(model, **tok(others, return_tensors="pt", padding=True), seed=[5, 6, 1234, 7], **kw)
+    assert torch.equal(batch[2, -alone.shape[1]:][-16:], alone[0, -16:])
+    again = pd.generate(model, **tok(others, return_tensors="pt", padding=True), seed=[5, 6, 1234, 7], **kw)
+    assert torch.equal(batch, again)
+    other_seed = pd.generate(model, **tok(["Today is a"], return_tensors="pt"), seed=[99], **kw)
+    assert not torch.equal(other_seed, alone)
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("the model ran before the arguments were checked")
+
+
+BAD = [
+    (dict(do_sample=True, temperature=0.0), ValueError, "temperature"),
+    (dict(do_sample=True, temperature=float("nan")), ValueError, "temperature"),
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=1.5), ValueError, "top_p"),
+    (dict(top_k=-1), ValueError, "top_k"),
+    (dict(min_p=1.5), ValueError, "min_p"),
+    (dict(repetition_penalty=0.0), ValueError, "repetition_penalty"),
+    (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
+    (dict(num_beams=2), TypeError, "num_beams"),
+    (dict(generation_config=GenerationConfig(num_beams=2)), ValueError, "num_beams"),
+    (dict(no_such_argument=1), TypeError, "no_such_argument"),
+    (dict(steer=float("inf")), ValueError, "steer"),
+    (dict(steer=1.0), ValueError, "steer"),
+    (dict(gamma=1.5), ValueError, "gamma"),
+    (dict(seed=[1, 2, 3]), ValueError, "seed"),
+]
+
+
+@pytest.mark.parametrize("kw,exc,word", BAD)
+def test_bad_input_is_named_before_model_work(tiny, monkeypatch, kw, exc, word):
+    model, tok = tiny
+    monkeypatch.setattr(type(model), "forward", _boom)
+    enc = tok(["a b", "c"], return_tensors="pt", padding=True)
+    with pytest.raises(exc, match=word):
+        pd.generate(model, **enc, **{"max_new_tokens": 4, **kw})
+
+
+def test_bad_shapes(tiny, monkeypatch):
+    model, tok = tiny
+    monkeypatch.setattr(type(model), "forward", _boom)
+    with pytest.raises(ValueError, match="empty"):
+        pd.generate(model, torch.zeros(0, 3, dtype=torch.long), max_new_tokens=2)
+    with pytest.raises(ValueError, match="attention_mask"):
+        pd.generate(model, torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4), max_new_tokens=2)
+
+
+def test_reward_for_another_tokenizer_or_vocabulary(tiny, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model, tok = tiny
+    rewards = pd.Rewards(tok, [pd.rewards.EndsWith(".")])
+    big = LlamaForCausalLM(LlamaConfig(vocab_size=60000, hidden_size=16, intermediate_size=32,
+                                       num_hidden_layers=1, num_attention_heads=2))
+    monkeypatch.setattr(LlamaForCausalLM, "forward", _boom)
+    ids = torch.ones(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="49152 tokens.*60000 logits"):
+        pd.generate(big, ids, max_new_tokens=2, rewards=rewards, pad_token_id=0)
+    other = pd.models.load_tokenizer()
+    other.add_tokens(["<brand-new-token>"])
+    with pytest.raises(ValueError, match="another tokenizer"):
+        pd.generate(model, ids, max_new_tokens=2, rewards=rewards, tokenizer=other)
+
+
+def test_non_finite_logits_are_reported(tiny, monkeypatch):
+    model, tok = tiny
+    forward = type(model).forward
+    calls = []
+
+    def poisoned(self, input_ids=None, cache=None, **kwargs):
+        out = forward(self, input_ids=input_ids, cache=cache, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            out.logits[1, -1, 17] = float("nan")
+        return out
+
+    monkeypatch.setattr(type(model), "forward", poisoned)
+    enc = tok(["a b", "c d"], return_tensors="pt", padding=True)
+    with pytest.raises(pd.NonFiniteLogitsError, match=r"rows \[1\].*step 2"):
+        pd.generate(model, **enc, max_new_tokens=12, do_sample=True)
