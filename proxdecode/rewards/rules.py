@@ -7,9 +7,9 @@ few bits of row state, and a step is a handful of ``[B, V]`` tensor ops.
 
 Tokens are not words. ``EndsWith`` reads the last *token*: the completion ends with the
 suffix exactly when its last non-special token's own text does (byte-level BPE decodes
-token by token; special tokens such as EOS add no text). ``Keywords`` matches the token
-sequences of ``word``, `` word``, ``Word`` and `` Word``: a mention is a whole-word
-occurrence in either case of its first letter, and "apples" or "pineapple" do not count.
+token by token; special tokens such as EOS add no text). ``Keywords`` looks for the word
+inside each token's text and, for words the tokenizer splits, for its canonical token
+sequence; both are set up once as tables, so a step never decodes text.
 """
 
 from __future__ import annotations
@@ -62,54 +62,69 @@ class EndsWith(Reward):
 
 
 class Keywords(Reward):
-    """Coverage of a word list: the seed's "+1 if it mentions apple and orange".
+    """Coverage of a word list: the seed's "+1 if 'apple' and 'orange' are in the text".
 
-    Potential ``Phi`` = fraction of the words mentioned so far (``require_all=False``) or
-    1 once all are mentioned (``require_all=True``, the seed's rule); a candidate scores
-    ``Phi(after a) - Phi(now)``, so the rewards of a row sum to ``Phi`` of its completion.
-    Multi-token words are matched on their last token against the row's recent history.
-    Oracle: whole-word matches of each word (first letter in either case) in the text.
+    A word counts as mentioned, as with the seed's ``word in text``, once a chosen token's
+    text contains it (" apple", " apples", "pineapple"'s "apple"), or once the tokens of its
+    canonical spelling ("word", " word") end with the chosen one (words split over tokens).
+    ``ignore_case`` compares lower-cased text. Potential ``Phi`` = fraction of the words
+    mentioned (``require_all=False``) or 1 once all are (``require_all=True``, the seed's
+    rule); a candidate scores ``Phi(after a) - Phi(now)``, so a row's rewards sum to
+    ``Phi`` of its completion. Oracle: ``word in text`` on the decoded completion. They
+    differ only when the text spells a word with tokens other than its canonical ones.
     """
 
     default_name = "keywords"
 
-    def __init__(self, words, weight: float = 1.0, require_all: bool = False, name: str | None = None):
+    def __init__(self, words, weight: float = 1.0, require_all: bool = False,
+                 ignore_case: bool = False, name: str | None = None):
         super().__init__(weight, name)
         words = [words] if isinstance(words, str) else list(words)
         if not words or not all(isinstance(w, str) and w.strip() for w in words):
             raise ValueError(f"Keywords: words must be a non-empty list of non-empty strings, got {words!r}")
         self.words = [w.strip() for w in words]
-        self.require_all = require_all
+        self.require_all, self.ignore_case = require_all, ignore_case
 
     def bind(self, tokenizer) -> None:
-        variants: dict[tuple[int, ...], set[int]] = {}
+        strings, special = token_strings(tokenizer)
+        fold = str.lower if self.ignore_case else (lambda x: x)
+        words = [fold(w) for w in self.words]
+        hits: dict[int, set[int]] = {}  # token id -> words its own text contains
+        for i, text in enumerate(strings):
+            if not special[i]:
+                for k, w in enumerate(words):
+                    if w in fold(text):
+                        hits.setdefault(i, set()).add(k)
+        variants: dict[tuple[int, ...], set[int]] = {}  # multi-token spellings -> words
         for k, w in enumerate(self.words):
-            for form in {w, " " + w, w[0].upper() + w[1:], " " + w[0].upper() + w[1:]}:
+            forms = {w, " " + w} | ({w.capitalize(), " " + w.capitalize()} if self.ignore_case else set())
+            for form in forms:
                 ids = tuple(tokenizer.encode(form, add_special_tokens=False))
-                if ids:
+                if len(ids) > 1:
                     variants.setdefault(ids, set()).add(k)
-        if not variants:
-            raise ValueError(f"Keywords: {self.words} tokenise to nothing")
-        lasts = sorted({v[-1] for v in variants})
-        self._lasts = torch.tensor(lasts)  # [U] token ids that can complete a word
+        if not hits and not variants:
+            raise ValueError(f"Keywords: no token or token sequence spells any of {self.words}")
+        lasts = sorted(set(hits) | {v[-1] for v in variants})
+        self._lasts = torch.tensor(lasts)  # [U] tokens that can complete a mention
+        self._static = torch.zeros(len(lasts), len(words), dtype=torch.bool)  # [U, K]
+        for i, ks in hits.items():
+            self._static[lasts.index(i), sorted(ks)] = True
         self._variants = [(torch.tensor(v[:-1]), lasts.index(v[-1]), sorted(ks))
                           for v, ks in variants.items()]
-        self._history = max(len(v) for v in variants) - 1
+        self._history = max([len(v) - 1 for v in variants], default=1)
 
     def init(self, batch, device):
         return {"covered": torch.zeros(batch, len(self.words), dtype=torch.bool, device=device),
-                "hist": torch.full((batch, max(self._history, 1)), -1, dtype=torch.long, device=device),
-                "lasts": self._lasts.to(device),
+                "hist": torch.full((batch, self._history), -1, dtype=torch.long, device=device),
+                "lasts": self._lasts.to(device), "static": self._static.to(device),
                 "variants": [(p.to(device), u, ks) for p, u, ks in self._variants]}
 
     def _hits(self, st) -> torch.Tensor:
         """``[B, U, K]``: candidate ``lasts[u]`` completes word ``k`` given the history."""
-        B, K = st["covered"].shape
-        hits = torch.zeros(B, len(st["lasts"]), K, dtype=torch.bool, device=st["covered"].device)
+        B = st["covered"].shape[0]
+        hits = st["static"].expand(B, -1, -1).clone()
         for prefix, u, ks in st["variants"]:
-            m = len(prefix)
-            match = (st["hist"][:, -m:] == prefix).all(-1) if m else torch.ones(B, dtype=torch.bool,
-                                                                                   device=hits.device)
+            match = (st["hist"][:, -len(prefix):] == prefix).all(-1)  # [B]
             hits[:, u, ks] |= match[:, None]
         return hits
 

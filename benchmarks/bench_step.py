@@ -1,0 +1,36 @@
+"""pytest-benchmark: one sampling step at V = 49,152 (the default model's vocabulary).
+
+HF's ``LogitsProcessorList`` (temperature, top-k, top-p) + softmax + ``torch.multinomial``
+against ``pd.sample_step`` (torch reference) on the same logits, per batch size. HF's top-p
+sorts the whole row; the reference's top-p works on the top-k list only.
+
+    make bench-step
+"""
+
+import pytest
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+from proxdecode import sample_step
+
+V = 49152
+
+
+def _logits(B):
+    return torch.randn(B, V, generator=torch.Generator().manual_seed(B)) * 4
+
+
+@pytest.mark.parametrize("B", [1, 8, 32, 128])
+def test_step_hf(benchmark, B):
+    procs = LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(50), TopPLogitsWarper(0.9)])
+    z = _logits(B)
+    benchmark.group = f"step B={B}"
+    benchmark(lambda: torch.multinomial(torch.softmax(procs(None, z), -1), 1))
+
+
+@pytest.mark.parametrize("B", [1, 8, 32, 128])
+def test_step_torch_reference(benchmark, B):
+    z, seeds = _logits(B), torch.arange(B)
+    benchmark.group = f"step B={B}"
+    benchmark(lambda: sample_step(z, seeds=seeds, step=0, temperature=0.8, top_k=50, top_p=0.9))

@@ -1,0 +1,32 @@
+"""The command line, driven as a user would."""
+
+import json
+
+import pytest
+
+from proxdecode.cli import main
+
+
+def test_generate_json(real, capsys):
+    main(["generate", "I like to eat", "--reward", "ends-with:.", "--reward", "keywords:apple,orange=2",
+          "--steer", "2", "-n", "3", "--max-new-tokens", "12", "--seed", "0", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["completions"]) == 3
+    for c in doc["completions"]:
+        assert len(c["tokens"]) == len(c["rewards"]) == len(c["pieces"]) > 0
+        assert c["return"] == pytest.approx(sum(c["rewards"]), abs=1e-5)  # gamma = 1
+        assert set(c["components"]) == {"ends_with", "keywords"}
+        assert sum(c["components"]["ends_with"]) == (0.0 if c["text"].endswith(".") else -1.0)
+
+
+def test_generate_coloured(real, capsys):
+    main(["generate", "Today is a", "--reward", "ends-with:.", "--max-new-tokens", "6", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert "Today is a" in out and "return" in out
+
+
+def test_unknown_reward_lists_the_known_ones(real):
+    with pytest.raises(SystemExit, match="known: ends-with, fluency, keywords"):
+        main(["generate", "x", "--reward", "sentimentality", "--max-new-tokens", "2"])
+    with pytest.raises(SystemExit, match="top_p"):
+        main(["generate", "x", "--top-p", "2", "--max-new-tokens", "2"])

@@ -1,0 +1,83 @@
+"""Returns and advantages against plain Python loops."""
+
+import pytest
+import torch
+
+from proxdecode.returns import discounted_returns, gae, group_advantages
+
+
+def _mask(lengths, T):
+    return torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def loop_returns(r, lengths, gamma):
+    out = [[0.0] * len(row) for row in r]
+    for b, row in enumerate(r):
+        g = 0.0
+        for t in reversed(range(lengths[b])):
+            g = row[t] + gamma * g
+            out[b][t] = g
+    return out
+
+
+def loop_gae(r, v, lengths, gamma, lam):
+    adv = [[0.0] * len(row) for row in r]
+    for b in range(len(r)):
+        a = 0.0
+        for t in reversed(range(lengths[b])):
+            nv = v[b][t + 1] if t + 1 < lengths[b] else 0.0
+            delta = r[b][t] + gamma * nv - v[b][t]
+            a = delta + gamma * lam * a
+            adv[b][t] = a
+    return adv
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.9, 0.99, 1.0])
+def test_discounted_returns(gamma):
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(5, 9, generator=g)
+    lengths = [9, 1, 4, 0, 7]
+    got = discounted_returns(r, _mask(lengths, 9), gamma)
+    torch.testing.assert_close(got, torch.tensor(loop_returns(r.tolist(), lengths, gamma)))
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.99, 0.95), (0.5, 0.0)])
+def test_gae(gamma, lam):
+    g = torch.Generator().manual_seed(1)
+    r, v = torch.randn(4, 7, generator=g), torch.randn(4, 7, generator=g)
+    lengths = [7, 3, 1, 5]
+    adv, ret = gae(r, v, _mask(lengths, 7), gamma, lam)
+    want = torch.tensor(loop_gae(r.tolist(), v.tolist(), lengths, gamma, lam))
+    torch.testing.assert_close(adv, want)
+    m = _mask(lengths, 7)
+    torch.testing.assert_close(ret[m], (want + v)[m])
+    assert (ret[~m] == 0).all()
+    if lam == 1.0 and gamma == 1.0:  # GAE(1) is the Monte-Carlo return minus the value
+        mc = discounted_returns(r, m, 1.0)
+        torch.testing.assert_close(adv[m], (mc - v)[m])
+
+
+def test_group_advantages():
+    scores = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 0.0, 4.0])
+    with pytest.raises(ValueError, match="group_size"):
+        group_advantages(scores, 3)
+    got = group_advantages(scores[:6], 3)
+    want = []
+    for i in range(0, 6, 3):
+        grp = scores[i:i + 3].tolist()
+        mean = sum(grp) / 3
+        std = (sum((x - mean) ** 2 for x in grp) / 2) ** 0.5
+        want += [(x - mean) / (std + 1e-6) for x in grp]
+    torch.testing.assert_close(got, torch.tensor(want))
+    torch.testing.assert_close(group_advantages(scores, 2, scale=False),
+                               torch.tensor([-0.5, 0.5, -1.0, 1.0, 0.0, 0.0, -2.0, 2.0]))
+
+
+def test_bad_inputs():
+    r = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="gamma"):
+        discounted_returns(r, torch.ones(2, 3, dtype=torch.bool), 1.5)
+    with pytest.raises(ValueError, match="mask"):
+        discounted_returns(r, torch.ones(2, 4, dtype=torch.bool), 0.9)
+    with pytest.raises(ValueError, match="lam"):
+        gae(r, r, torch.ones(2, 3, dtype=torch.bool), 0.9, -0.1)

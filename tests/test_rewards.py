@@ -1,0 +1,127 @@
+"""Reward families against their text-level oracles (the seed's plain Python rules)."""
+
+import pytest
+import torch
+
+import proxdecode as pd
+from proxdecode.rewards import EndsWith, Fluency, Keywords
+
+TEXTS = ["I ate an apple and an orange.", "Apples and oranges", "An apple a day.", "orange juice. apple pie",
+         "pineapple!", "The Orange is big.\n", "nothing here", "end with a dot.", " apples, oranges.",
+         "applesauce and orangeade.", "No. Not yet", "...", "x"]
+
+
+def teacher_force(rewards, tok, texts, eos=True):
+    """Run a RewardRun over given completions: [B, T] per-component rewards incl. terminal."""
+    ids = [tok.encode(t, add_special_tokens=False) + ([tok.eos_token_id] if eos else []) for t in texts]
+    T = max(map(len, ids))
+    B = len(ids)
+    run = rewards.start(len(tok), B, "cpu")
+    comps = torch.zeros(len(rewards.names), B, T)
+    for t in range(T):
+        tokens = torch.tensor([r[t] if t < len(r) else tok.pad_token_id for r in ids])
+        alive = torch.tensor([t < len(r) for r in ids])
+        run.score(torch.zeros(B, len(tok)))
+        comps[:, :, t] = run.record(tokens, alive)
+    totals = comps.sum(2) + run.terminal(B, "cpu")
+    return {n: totals[i] for i, n in enumerate(rewards.names)}, ids
+
+
+def seed_ends(text):  # the seed's first rule
+    return -1.0 if not text.endswith(".") else 0.0
+
+
+@pytest.mark.parametrize("eos", [True, False])
+def test_ends_with_sums_to_the_seed_rule(tiny, eos):
+    _, tok = tiny
+    rewards = pd.Rewards(tok, [EndsWith(".", weight=2.0)])
+    totals, ids = teacher_force(rewards, tok, TEXTS, eos)
+    want = [2.0 * seed_ends(tok.decode(i, skip_special_tokens=True)) for i in ids]
+    assert totals["ends_with"].tolist() == want
+
+
+@pytest.mark.parametrize("require_all,ignore_case", [(False, False), (True, False), (False, True)])
+def test_keywords_track_word_in_text(tiny, require_all, ignore_case):
+    _, tok = tiny
+    words = ["apple", "orange"]
+    rewards = pd.Rewards(tok, [Keywords(words, require_all=require_all, ignore_case=ignore_case)])
+    totals, ids = teacher_force(rewards, tok, TEXTS)
+    mismatched = []
+    for b, i in enumerate(ids):
+        text = tok.decode(i, skip_special_tokens=True)
+        text = text.lower() if ignore_case else text
+        hits = sum(w in text for w in words)
+        if totals["keywords"][b].item() != pytest.approx(float(hits == 2) if require_all else hits / 2):
+            mismatched.append(TEXTS[b])
+    # the documented gap: "Apples" at the start of a text is the tokens "App" + "les", and no
+    # single token or canonical spelling of "apple" ends there
+    assert mismatched == (["Apples and oranges"] if ignore_case else [])
+
+
+def test_seed_rule_reproduced_as_vectorised_rules(tiny):
+    """The seed's get_reward: -1 unless it ends with '.', else +1 with apple and orange."""
+    _, tok = tiny
+
+    def get_reward(text):
+        if not text.endswith("."):
+            return -1
+        if "apple" in text and "orange" in text:
+            return 1
+        return 0
+
+    rewards = pd.Rewards(tok, [EndsWith("."), Keywords(["apple", "orange"], require_all=True)])
+    totals, ids = teacher_force(rewards, tok, TEXTS)
+    for b, i in enumerate(ids):
+        text = tok.decode(i, skip_special_tokens=True)
+        ends, kw = totals["ends_with"][b].item(), totals["keywords"][b].item()
+        assert (-1 if ends < 0 else kw) == get_reward(text), text
+
+
+def test_steered_generation_records_consistent_rewards(real):
+    model, tok = real
+    rewards = pd.Rewards(tok, [EndsWith("."), Keywords(["apple", "orange"]), Fluency(weight=0.1)])
+    enc = tok(["I like to eat"] * 8, return_tensors="pt")
+    kw = dict(max_new_tokens=24, do_sample=True, top_k=50, gamma=0.9)
+    plain = pd.generate(model, **enc, rewards=rewards, steer=0.0, seed=list(range(8)), **kw)
+    steered = pd.generate(model, **enc, rewards=rewards, steer=4.0, seed=list(range(8)), **kw)
+    for out in (plain, steered):
+        m = out.mask
+        total = sum(out.reward_components.values())
+        torch.testing.assert_close(total, out.rewards)
+        torch.testing.assert_close(out.reward_components["fluency"][m], 0.1 * out.policy_logprobs[m])
+        assert (out.rewards[~m] == 0).all()
+        torch.testing.assert_close(out.returns, pd.returns.discounted_returns(out.rewards, m, 0.9))
+        for b in range(8):
+            text = tok.decode(out.tokens[b][m[b]], skip_special_tokens=True)
+            assert out.reward_components["ends_with"][b].sum().item() == seed_ends(text), text
+            kw_want = sum(w in text for w in ("apple", "orange")) / 2
+            assert out.reward_components["keywords"][b].sum().item() == pytest.approx(kw_want), text
+    rate = lambda out: sum(  # noqa: E731
+        tok.decode(out.tokens[b][out.mask[b]], skip_special_tokens=True).endswith(".") for b in range(8))
+    assert rate(steered) > rate(plain)
+
+
+def test_keyword_steering_raises_mentions(real):
+    model, tok = real
+    rewards = pd.Rewards(tok, [Keywords(["apple", "orange"])])
+    enc = tok(["I like to eat"] * 8, return_tensors="pt")
+    # the keywords are outside the LM's top 50 after this prompt: steer over the whole vocabulary
+    kw = dict(max_new_tokens=24, do_sample=True, top_k=0, rewards=rewards, seed=list(range(8)))
+    covered = [pd.generate(model, **enc, steer=s, **kw).rewards.sum().item() for s in (0.0, 8.0)]
+    assert covered[1] > covered[0] + 1, covered
+
+
+def test_bad_reward_arguments(tiny):
+    _, tok = tiny
+    with pytest.raises(ValueError, match="weight"):
+        EndsWith(".", weight=float("nan"))
+    with pytest.raises(ValueError, match="suffix"):
+        EndsWith("")
+    with pytest.raises(ValueError, match="words"):
+        Keywords([])
+    with pytest.raises(ValueError, match="duplicate"):
+        pd.Rewards(tok, [EndsWith("."), EndsWith("!")])
+    with pytest.raises(ValueError, match="at least one"):
+        pd.Rewards(tok, [])
+    with pytest.raises(TypeError, match="not a proxdecode reward"):
+        pd.Rewards(tok, [lambda text: 1.0])
