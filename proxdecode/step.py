@@ -92,7 +92,8 @@ def sample_step(
     """
     B, V = logits.shape
     z = logits.float()  # [B, V]; one read of the logits
-    valid = ~(torch.isnan(z) | (z == float("inf"))).any(-1) & torch.isfinite(z).any(-1)  # [B]
+    row_max = z.amax(dim=-1)  # [B]; NaN and +inf propagate, an all -inf row stays -inf
+    valid = torch.isfinite(row_max)  # [B]
     z = torch.where(valid[:, None], z, torch.zeros((), device=z.device))  # keep the math finite
     policy_lse = torch.logsumexp(z, dim=-1)  # [B]
 
