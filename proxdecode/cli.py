@@ -169,7 +169,7 @@ def main(argv=None):
     g.add_argument("--json", action="store_true")
     _sampling_args(g)
     d = sub.add_parser("demo", help="the seed's prompts with and without steering")
-    d.add_argument("--steer", type=float, default=4.0)
+    d.add_argument("--steer", type=float, default=2.0)
     _sampling_args(d, n=3)
     b = sub.add_parser("bench", help="tokens/s against model.generate")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
