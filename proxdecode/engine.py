@@ -118,7 +118,6 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # [B, P]
         logits = forward(ids, positions, mask)
         last_pos = positions[:, -1:]  # [B, 1]
-    t = 0
     for t in range(T):
         reward = run.score(logits) if run else None
         so = sample_step(
@@ -131,8 +130,8 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         tok = torch.where(alive, so.tokens, cfg.pad_token_id)  # [B]
         seqs[:, P + t] = tok
         out_mask[:, t] = alive
-        logprobs[:, t] = so.logprobs
-        policy_logprobs[:, t] = so.policy_logprobs
+        logprobs[:, t] = torch.where(alive, so.logprobs, 0.0)
+        policy_logprobs[:, t] = torch.where(alive, so.policy_logprobs, 0.0)
         if run:
             comps[:, :, t] = run.record(tok, alive)
         if seen is not None:

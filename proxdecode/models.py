@@ -80,9 +80,11 @@ def load_model(name: str | None = None, dtype: str | torch.dtype = "float32", de
     """
     from transformers import AutoModelForCausalLM
 
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if isinstance(dtype, str):
+        dtype = allowed.get(dtype, dtype)
+    if dtype not in allowed.values():
+        raise ValueError(f"dtype must be one of {sorted(allowed)}, got {dtype!r}")
     path = name or _default_path()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
     return model.to(device).eval(), load_tokenizer(name)

@@ -30,3 +30,9 @@ def test_unknown_reward_lists_the_known_ones(real):
         main(["generate", "x", "--reward", "sentimentality", "--max-new-tokens", "2"])
     with pytest.raises(SystemExit, match="top_p"):
         main(["generate", "x", "--top-p", "2", "--max-new-tokens", "2"])
+
+
+def test_demo_shows_both_columns(real, capsys):
+    main(["demo", "-n", "1", "--max-new-tokens", "6"])
+    out = capsys.readouterr().out
+    assert "steer = 0" in out and "steer = 2" in out and "I like to eat" in out and "Today is a" in out

@@ -32,6 +32,8 @@ GREEDY_CASES = [
     dict(max_new_tokens=10, min_new_tokens=8, eos_token_id=[2, 30]),
     dict(max_length=20),
     dict(max_new_tokens=9, repetition_penalty=0.7, pad_token_id=0),
+    dict(generation_config=GenerationConfig(max_new_tokens=7, repetition_penalty=1.2, eos_token_id=2,
+                                            pad_token_id=2)),
 ]
 
 
@@ -42,6 +44,26 @@ def test_greedy_arguments_match_hf(tiny, kw):
     want = model.generate(**enc, do_sample=False, **kw)
     got = pd.generate(model, **enc, do_sample=False, **kw)
     assert torch.equal(got, want)
+
+
+def test_greedy_bf16_matches_hf_in_bf16():
+    model, tok = pd.random_model("tiny", seed=1, dtype=torch.bfloat16)
+    enc = tok(PROMPTS[:6], return_tensors="pt", padding=True)
+    want = model.generate(**enc, max_new_tokens=16, do_sample=False)
+    assert torch.equal(pd.generate(model, **enc, max_new_tokens=16, do_sample=False), want)
+
+
+def test_load_model_from_a_local_folder(tiny, tmp_path):
+    model, tok = tiny
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, ltok = pd.load_model(str(tmp_path))
+    assert ltok.padding_side == "left" and len(ltok) == len(tok)
+    enc = tok(PROMPTS[:3], return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=6, do_sample=True, seed=11)
+    assert torch.equal(pd.generate(loaded, **enc, **kw), pd.generate(model, **enc, **kw))
+    with pytest.raises(ValueError, match="dtype"):
+        pd.load_model(str(tmp_path), dtype="int8")
 
 
 def test_num_return_sequences_layout(tiny):
@@ -102,6 +124,7 @@ def test_rollout_fields_against_a_teacher_forced_forward(tiny):
                           for t, s in enumerate(out.scores)], 1)
     torch.testing.assert_close(chosen[m], out.logprobs[m], atol=1e-5, rtol=1e-5)
     assert (out.returns[~m] == 0).all() and (out.rewards == 0).all()
+    assert (out.logprobs[~m] == 0).all() and (out.policy_logprobs[~m] == 0).all()
 
 
 def test_a_row_depends_only_on_its_seed_and_prompt(tiny):
