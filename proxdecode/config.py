@@ -9,6 +9,7 @@ implement raises here, naming the argument: nothing is silently ignored.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,24 @@ _INACTIVE_WHEN = {
     "watermarking_config": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
     "encoder_repetition_penalty": (None, 1.0), "use_cache": (None, True),
 }
+
+
+def _hf_penalty_skips_left_padding() -> bool:
+    """Whether the installed HF ``generate`` leaves left padding out of the repetition penalty.
+
+    transformers 5.17 penalises every id in ``input_ids``, pad tokens included; 5.24 passes
+    the padding lengths as ``prompt_ignore_length``. Following the installed version keeps
+    greedy decoding token-identical on both.
+    """
+    try:
+        from transformers.generation.utils import GenerationMixin
+
+        return "prompt_ignore_length" in inspect.getsource(GenerationMixin._get_logits_processor)
+    except (ImportError, OSError, TypeError, AttributeError):
+        return True
+
+
+PENALTY_SKIPS_LEFT_PADDING = _hf_penalty_skips_left_padding()
 
 
 @dataclass(frozen=True)

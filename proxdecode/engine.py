@@ -14,7 +14,7 @@ import inspect
 
 import torch
 
-from .config import DecodeConfig
+from .config import PENALTY_SKIPS_LEFT_PADDING, DecodeConfig
 from .returns import discounted_returns
 from .rollout import Rollout
 from .step import sample_step
@@ -99,9 +99,10 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
     full_mask = torch.cat([mask, mask.new_ones(B, T)], 1)  # [B, P+T]
     seqs = torch.cat([ids, ids.new_full((B, T), cfg.pad_token_id)], 1)  # [B, P+T]
     seen = None
-    if cfg.repetition_penalty != 1.0:  # HF >= 5: tokens left of the first unmasked one are ignored
+    if cfg.repetition_penalty != 1.0:  # the prompt counts; left padding as the installed HF does
         seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
-        seen.scatter_(1, torch.where(mask.cumsum(1) > 0, ids, ids[:, -1:]), True)
+        skip = (mask.cumsum(1) == 0) if PENALTY_SKIPS_LEFT_PADDING else torch.zeros_like(mask, dtype=torch.bool)
+        seen.scatter_(1, torch.where(skip, ids[:, -1:], ids), True)
     alive = torch.ones(B, dtype=torch.bool, device=device)
     out_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
     logprobs = torch.zeros(B, T, device=device)

@@ -6,6 +6,7 @@ import torch
 from transformers import GenerationConfig
 
 import proxdecode as pd
+from proxdecode.config import PENALTY_SKIPS_LEFT_PADDING
 
 PROMPTS = ["I like to eat", "Today is a", "The capital of France is",
            "Once upon a time, in a land far away, there lived a", "Hi", "Write a haiku about the sea:",
@@ -23,7 +24,8 @@ def test_greedy_is_token_identical_to_hf(real, rp, cache):
     got = pd.generate(model, **enc, max_new_tokens=32, do_sample=False, repetition_penalty=rp,
                       cache_implementation=cache)
     assert (enc.attention_mask == 0).any(), "the batch must be left-padded"
-    assert (want[:, P:] == tok.eos_token_id).any(), "EOS must occur inside the window"
+    if rp == 1.0 or PENALTY_SKIPS_LEFT_PADDING:  # transformers 5.17 penalises the pad (= EOS) ids
+        assert (want[:, P:] == tok.eos_token_id).any(), "EOS must occur inside the window"
     assert got.shape == want.shape and torch.equal(got, want)
 
 
