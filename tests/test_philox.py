@@ -1,6 +1,13 @@
-"""Philox4x32-10 against the Random123 known-answer vectors, and the uniform mapping."""
+"""Philox4x32-10 against the Random123 known-answer vectors, Triton's ``tl.rand``, and the
+uniform mapping."""
 
+import os
+
+import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
 from proxdecode import philox
 
@@ -40,3 +47,25 @@ def test_uniform_is_a_pure_function_of_seed_step_index():
 def test_row_seed_mixes():
     seeds = {philox.row_seed(s, r) for s in range(50) for r in range(4)}
     assert len(seeds) == 200 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_bit_exact_with_triton_tl_rand():
+    triton = pytest.importorskip("triton")
+    tl = pytest.importorskip("triton.language")
+
+    @triton.jit
+    def rand_rows(out_ptr, seeds_ptr, step, V, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        seed = tl.load(seeds_ptr + row)
+        u = tl.rand(seed, offs.to(tl.int64) + (step.to(tl.int64) << 32))  # counter (v, step)
+        tl.store(out_ptr + row * V + offs, u, mask=offs < V)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    seeds = torch.tensor([0, 1, 12345, 2**62 + 7], dtype=torch.int64, device=device)
+    V = 100
+    for step in (0, 3, 2**20):
+        out = torch.empty(4, V, device=device)
+        rand_rows[(4,)](out, seeds, step, V, BLOCK=128)
+        want = philox.uniform(seeds, step, torch.arange(V, device=device).expand(4, V))
+        assert torch.equal(out, want), f"step {step}: max diff {(out - want).abs().max().item()}"
