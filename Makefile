@@ -25,6 +25,7 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --out benchmarks/results/e2e-cpu-fp32.json
+	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --dtype bfloat16 --out benchmarks/results/e2e-cpu-bf16.json
 
 bench-step: setup
 	$(PY) -m pytest benchmarks/bench_step.py --benchmark-only --benchmark-columns=median,iqr,ops \

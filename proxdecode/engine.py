@@ -76,7 +76,8 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
     cfg = DecodeConfig.resolve(model, input_ids, attention_mask, steer=steer, gamma=gamma,
                                seed=seed, rewards=rewards, kwargs=generate_kwargs)
     device = input_ids.device
-    vocab = model.get_output_embeddings().weight.shape[0]
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
     batch = input_ids.shape[0] * cfg.num_return_sequences
     run = rewards.start(vocab, batch, device, generate_kwargs.get("tokenizer")) if rewards else None
 

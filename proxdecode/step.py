@@ -105,7 +105,6 @@ def sample_step(
     s = z / _per_row(temperature, B, z.device)  # [B, V]
 
     # Candidate list [B, K]: sorted descending when a top-k or top-p needs the order.
-    top_p_t = _per_row(top_p, B, z.device)
     use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
     if 0 < top_k < V:
         vals, idx = torch.topk(s, top_k, dim=-1)  # [B, k]
@@ -118,7 +117,7 @@ def sample_step(
     if use_top_p:
         probs = torch.softmax(torch.where(keep, vals, neg_inf), dim=-1)  # [B, K]
         mass_above = torch.cumsum(probs, dim=-1) - probs
-        keep &= mass_above < top_p_t
+        keep &= mass_above < _per_row(top_p, B, z.device)
     if not (isinstance(min_p, (int, float)) and min_p <= 0.0):
         vmax = vals.max(dim=-1, keepdim=True).values  # [B, 1]
         keep &= vals >= vmax + torch.log(_per_row(min_p, B, z.device))

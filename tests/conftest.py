@@ -4,6 +4,8 @@ import pytest
 import torch
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if not torch.cuda.is_available():  # Triton kernels run in its interpreter on CPU; this must
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # precede any import of triton
 
 from transformers.utils import logging as hf_logging  # noqa: E402
 

@@ -127,3 +127,19 @@ def test_suppress_and_bf16_logits():
     out = sample_step(logits, seeds=torch.arange(2), step=0, suppress=torch.tensor([5]))
     assert (out.tokens != 5).all()
     assert out.logprobs.dtype == torch.float32
+
+
+def test_per_row_parameters_equal_row_by_row_scalars():
+    g = torch.Generator().manual_seed(7)
+    B, V = 4, 700
+    logits = torch.randn(B, V, generator=g) * 2
+    temps, top_ps, min_ps = [0.5, 1.0, 1.5, 0.9], [0.3, 0.9, 1.0, 0.75], [0.0, 0.05, 0.2, 0.0]
+    seeds = torch.arange(B) + 100
+    batched = sample_step(logits, seeds=seeds, step=2, top_k=60, temperature=torch.tensor(temps),
+                          top_p=torch.tensor(top_ps), min_p=torch.tensor(min_ps), return_scores=True)
+    for b in range(B):
+        one = sample_step(logits[b:b + 1], seeds=seeds[b:b + 1], step=2, top_k=60, temperature=temps[b],
+                          top_p=top_ps[b], min_p=min_ps[b], return_scores=True)
+        assert one.tokens.item() == batched.tokens[b].item()
+        assert_verbose_allclose(torch.softmax(batched.scores[b], -1), torch.softmax(one.scores[0], -1),
+                                1e-6, 0, name=f"row {b}")
