@@ -31,14 +31,14 @@ def _inputs(tok, batch: int, device):
     return tok(prompts, return_tensors="pt", padding=True).to(device)
 
 
-def _call(impl: str, model, enc, new_tokens: int, seed: int):
+def _call(impl: str, model, enc, new_tokens: int, seed: int, cache: str | None = None):
     import proxdecode as pd
 
     kw = dict(SETTINGS, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     if impl == "hf":
         torch.manual_seed(seed)
         return model.generate(**enc, **kw)
-    return pd.generate(model, **enc, **kw, seed=seed)
+    return pd.generate(model, **enc, **kw, seed=seed, cache_implementation=cache)
 
 
 def _sync(device):
@@ -46,18 +46,18 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_generate(model, tok, batch: int, new_tokens: int, runs: int) -> dict:
+def time_generate(model, tok, batch: int, new_tokens: int, runs: int, cache: str | None = None) -> dict:
     """Median seconds of each implementation over ``runs`` alternating runs."""
     device = next(model.parameters()).device
     enc = _inputs(tok, batch, device)
     for impl in ("hf", "pd"):  # warm-up: allocator, caches, lazy imports
-        _call(impl, model, enc, 4, 0)
+        _call(impl, model, enc, 4, 0, cache)
     times = {"hf": [], "pd": []}
     for r in range(runs):
         for impl in (("hf", "pd") if r % 2 == 0 else ("pd", "hf")):
             _sync(device)
             t0 = time.perf_counter()
-            out = _call(impl, model, enc, new_tokens, r)
+            out = _call(impl, model, enc, new_tokens, r, cache)
             _sync(device)
             times[impl].append(time.perf_counter() - t0)
             assert out.shape[1] == enc["input_ids"].shape[1] + new_tokens
@@ -67,34 +67,56 @@ def time_generate(model, tok, batch: int, new_tokens: int, runs: int) -> dict:
             "speedup": med["hf"] / med["pd"], "hf_s": times["hf"], "pd_s": times["pd"]}
 
 
-def peak_memory_mib(impl: str, batch: int, new_tokens: int, dtype: str, device: str) -> float:
+def time_cache_ab(model, tok, batch: int, new_tokens: int, runs: int) -> dict:
+    """``pd.generate`` with the static against the dynamic KV cache, alternating."""
+    device = next(model.parameters()).device
+    enc = _inputs(tok, batch, device)
+    caches = ("static", "dynamic")
+    for c in caches:
+        _call("pd", model, enc, 4, 0, c)
+    times = {c: [] for c in caches}
+    for r in range(runs):
+        for c in (caches if r % 2 == 0 else caches[::-1]):
+            _sync(device)
+            t0 = time.perf_counter()
+            _call("pd", model, enc, new_tokens, r, c)
+            _sync(device)
+            times[c].append(time.perf_counter() - t0)
+    med = {c: statistics.median(v) for c, v in times.items()}
+    return {"batch": batch, "new_tokens": new_tokens, "runs": runs, "static_s": times["static"],
+            "dynamic_s": times["dynamic"], "static_speedup": med["dynamic"] / med["static"]}
+
+
+def peak_memory_mib(impl: str, batch: int, new_tokens: int, dtype: str, device: str,
+                    cache: str | None = None) -> float:
     """Peak memory of one ``impl`` call in a fresh process (RSS high-water mark on Linux CPUs)."""
     code = ("import sys; from proxdecode.bench import _probe; "
-            f"_probe({impl!r}, {batch}, {new_tokens}, {dtype!r}, {device!r})")
+            f"_probe({impl!r}, {batch}, {new_tokens}, {dtype!r}, {device!r}, {cache!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _probe(impl, batch, new_tokens, dtype, device):
+def _probe(impl, batch, new_tokens, dtype, device, cache=None):
     import proxdecode as pd
 
     model, tok = pd.load_model(dtype=dtype, device=device)
     enc = _inputs(tok, batch, model.device)
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        _call(impl, model, enc, new_tokens, 0)
+        _call(impl, model, enc, new_tokens, 0, cache)
         print(torch.cuda.max_memory_allocated() / 2**20)
     else:  # reset the RSS high-water mark after loading, so the peak is the call's own
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        _call(impl, model, enc, new_tokens, 0)
+        _call(impl, model, enc, new_tokens, 0, cache)
         with open("/proc/self/status") as f:
             hwm = next(line for line in f if line.startswith("VmHWM:"))
         print(int(hwm.split()[1]) / 1024)
 
 
 def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "float32",
-        device: str = "cpu", memory: bool = True, out_path: str | None = None) -> dict:
+        device: str = "cpu", memory: bool = True, out_path: str | None = None,
+        cache: str | None = None) -> dict:
     """Time both implementations at each batch size; return (and optionally write) results."""
     import proxdecode as pd
     import transformers
@@ -102,12 +124,12 @@ def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "f
     model, tok = pd.load_model(dtype=dtype, device=device)
     rows = []
     for b in batches:
-        row = time_generate(model, tok, b, new_tokens, runs)
+        row = time_generate(model, tok, b, new_tokens, runs, cache)
         if memory:
             row["hf_peak_mib"] = peak_memory_mib("hf", b, new_tokens, dtype, device)
-            row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device)
+            row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device, cache)
         rows.append(row)
-    result = {"model": pd.models.DEFAULT_MODEL, "dtype": dtype, "device": device,
+    result = {"model": pd.models.DEFAULT_MODEL, "dtype": dtype, "device": device, "pd_cache": cache,
               "settings": SETTINGS, "rows": rows, "machine": platform.processor() or platform.machine(),
               "cpus": torch.get_num_threads(), "torch": torch.__version__,
               "transformers": transformers.__version__,

@@ -132,8 +132,21 @@ def cmd_bench(args):
 
     from . import bench
 
+    if args.cache_ab:
+        import proxdecode as pd
+
+        model, tok = pd.load_model(dtype=args.dtype, device=args.device)
+        rows = [bench.time_cache_ab(model, tok, b, args.new_tokens, args.runs) for b in args.batch]
+        for r in rows:
+            print(f"batch {r['batch']}: static cache {r['static_speedup']:.3f}x the dynamic one "
+                  f"(median of {r['runs']} alternating runs)", file=sys.stderr)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"dtype": args.dtype, "device": args.device, "rows": rows}, f, indent=2)
+        print(json.dumps(rows))
+        return
     res = bench.run(tuple(args.batch), args.new_tokens, args.runs, args.dtype, args.device,
-                    memory=not args.no_memory, out_path=args.out)
+                    memory=not args.no_memory, out_path=args.out, cache=args.cache)
     table = Table(title=f"pd.generate vs model.generate, {res['model']} {args.dtype}, "
                         f"{args.new_tokens} new tokens, {bench.SETTINGS}")
     for c in ("batch", "HF tok/s", "pd tok/s", "speedup", "HF peak MiB", "pd peak MiB"):
@@ -177,6 +190,10 @@ def main(argv=None):
     b.add_argument("--runs", type=int, default=3)
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--device", default="cpu")
+    b.add_argument("--cache", choices=["static", "dynamic"], default=None,
+                   help="pd.generate's KV cache (default: static)")
+    b.add_argument("--cache-ab", action="store_true",
+                   help="instead: pd.generate with the static vs the dynamic cache, alternating")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     b.add_argument("--out", default=None, help="also write the JSON result here")
     args = ap.parse_args(argv)

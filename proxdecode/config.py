@@ -80,7 +80,7 @@ class DecodeConfig:
     gamma: float
     prompt_seeds: tuple[int, ...] | None  # one per prompt, None: drawn from torch's RNG
     stop_strings: tuple[str, ...] = ()
-    static_cache: bool | None = None  # None: static on CUDA (graph-capturable), dynamic on CPU
+    static_cache: bool | None = None  # None: static (the default), False: HF's DynamicCache
 
     @staticmethod
     def resolve(model, input_ids, attention_mask, *, steer, gamma, seed, rewards,

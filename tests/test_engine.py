@@ -15,7 +15,7 @@ PROMPTS = ["I like to eat", "Today is a", "The capital of France is",
            "<|im_start|>user\nSay only: goodbye.<|im_end|>\n<|im_start|>assistant\n"]
 
 
-@pytest.mark.parametrize("rp,cache", [(1.0, "dynamic"), (1.3, "dynamic"), (1.0, "static")])
+@pytest.mark.parametrize("rp,cache", [(1.0, None), (1.3, None), (1.0, "dynamic")])
 def test_greedy_is_token_identical_to_hf(real, rp, cache):
     model, tok = real
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
