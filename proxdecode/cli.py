@@ -51,8 +51,7 @@ def _generate(model, tok, prompts, reward_specs, args, steer):
     kw = dict(max_new_tokens=args.max_new_tokens, num_return_sequences=args.n,
               do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, return_dict_in_generate=True)
-    return pd.generate(model, **enc, rewards=rewards, steer=steer if rewards else 0.0,
-                       gamma=args.gamma, seed=args.seed, **kw)
+    return pd.generate(model, **enc, rewards=rewards, steer=steer, gamma=args.gamma, seed=args.seed, **kw)
 
 
 def _rows(out, tok, prompts, n):

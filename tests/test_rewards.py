@@ -125,3 +125,30 @@ def test_bad_reward_arguments(tiny):
         pd.Rewards(tok, [])
     with pytest.raises(TypeError, match="not a proxdecode reward"):
         pd.Rewards(tok, [lambda text: 1.0])
+
+
+class Exclaim(pd.rewards.Reward):
+    """A user-defined token table: +1 for every token whose text contains '!'."""
+
+    kind = "table"
+    default_name = "exclaim"
+
+    def bind(self, tokenizer):
+        strings, _ = pd.rewards.token_strings(tokenizer)
+        self._table = torch.tensor([float("!" in s) for s in strings])
+
+    def table(self):
+        return self._table
+
+
+def test_token_table_family_is_folded_and_recorded(tiny):
+    model, tok = tiny
+    rewards = pd.Rewards(tok, [Exclaim(weight=0.5), EndsWith(".")])
+    enc = tok(["Wow", "Hey there"], return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=12, do_sample=True, top_k=0, rewards=rewards, seed=[3, 4])
+    plain, steered = pd.generate(model, **enc, **kw), pd.generate(model, **enc, steer=6.0, **kw)
+    for out in (plain, steered):
+        want = [[0.5 * ("!" in tok.decode([t])) if m else 0.0 for t, m in zip(row, mrow)]
+                for row, mrow in zip(out.tokens.tolist(), out.mask.tolist())]
+        assert out.reward_components["exclaim"].tolist() == want
+    assert steered.reward_components["exclaim"].sum() > plain.reward_components["exclaim"].sum()

@@ -10,7 +10,8 @@ decides where the work happens:
 - ``"state"``: depends on the row's history through a device state ``[B, ...]`` that
   ``update`` advances with the chosen tokens.
 - ``"model"``: a log-prob from the policy's logits (or a reference model's).
-- ``"text"``: a Python function of decoded text, off the hot path (see ``rewards.text``).
+- ``"text"``: a Python function of decoded text, off the hot path (not built yet: the
+  reward-library issue adds ``TextReward``).
 
 Recorded rewards: the reward of step ``t`` is ``R(s_t, a_t)`` of the chosen token, and a
 family's ``terminal`` value is added on the row's last step. Families that reproduce a
