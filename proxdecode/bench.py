@@ -46,21 +46,35 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_generate(model, tok, batch: int, new_tokens: int, runs: int, cache: str | None = None) -> dict:
-    """Median seconds of each implementation over ``runs`` alternating runs."""
-    device = next(model.parameters()).device
-    enc = _inputs(tok, batch, device)
-    for impl in ("hf", "pd"):  # warm-up: allocator, caches, lazy imports
-        _call(impl, model, enc, 4, 0, cache)
-    times = {"hf": [], "pd": []}
+def _alternating(calls: dict, runs: int, device) -> dict:
+    """Seconds of each named call over ``runs`` rounds, the order reversed every other round."""
+    names = list(calls)
+    for name in names:  # warm-up: allocator, caches, lazy imports
+        calls[name](4, 0)
+    times = {name: [] for name in names}
     for r in range(runs):
-        for impl in (("hf", "pd") if r % 2 == 0 else ("pd", "hf")):
+        for name in (names if r % 2 == 0 else names[::-1]):
             _sync(device)
             t0 = time.perf_counter()
-            out = _call(impl, model, enc, new_tokens, r, cache)
+            calls[name](None, r)
             _sync(device)
-            times[impl].append(time.perf_counter() - t0)
-            assert out.shape[1] == enc["input_ids"].shape[1] + new_tokens
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def time_generate(model, tok, batch: int, new_tokens: int, runs: int, cache: str | None = None) -> dict:
+    """Median seconds of HF and pd over ``runs`` alternating runs."""
+    device = next(model.parameters()).device
+    enc = _inputs(tok, batch, device)
+    P = enc["input_ids"].shape[1]
+
+    def call(impl):
+        def run_once(n, seed):
+            out = _call(impl, model, enc, n or new_tokens, seed, cache)
+            assert out.shape[1] == P + (n or new_tokens)
+        return run_once
+
+    times = _alternating({"hf": call("hf"), "pd": call("pd")}, runs, device)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"batch": batch, "new_tokens": new_tokens, "runs": runs,
             "hf_tok_s": batch * new_tokens / med["hf"], "pd_tok_s": batch * new_tokens / med["pd"],
@@ -71,17 +85,11 @@ def time_cache_ab(model, tok, batch: int, new_tokens: int, runs: int) -> dict:
     """``pd.generate`` with the static against the dynamic KV cache, alternating."""
     device = next(model.parameters()).device
     enc = _inputs(tok, batch, device)
-    caches = ("static", "dynamic")
-    for c in caches:
-        _call("pd", model, enc, 4, 0, c)
-    times = {c: [] for c in caches}
-    for r in range(runs):
-        for c in (caches if r % 2 == 0 else caches[::-1]):
-            _sync(device)
-            t0 = time.perf_counter()
-            _call("pd", model, enc, new_tokens, r, c)
-            _sync(device)
-            times[c].append(time.perf_counter() - t0)
+
+    def call(cache):
+        return lambda n, seed: _call("pd", model, enc, n or new_tokens, seed, cache)
+
+    times = _alternating({"static": call("static"), "dynamic": call("dynamic")}, runs, device)
     med = {c: statistics.median(v) for c, v in times.items()}
     return {"batch": batch, "new_tokens": new_tokens, "runs": runs, "static_s": times["static"],
             "dynamic_s": times["dynamic"], "static_speedup": med["dynamic"] / med["static"]}

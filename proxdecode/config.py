@@ -80,7 +80,7 @@ class DecodeConfig:
     gamma: float
     prompt_seeds: tuple[int, ...] | None  # one per prompt, None: drawn from torch's RNG
     stop_strings: tuple[str, ...] = ()
-    static_cache: bool | None = None  # None: static (the default), False: HF's DynamicCache
+    static_cache: bool = True  # False: HF's DynamicCache (cache_implementation="dynamic")
 
     @staticmethod
     def resolve(model, input_ids, attention_mask, *, steer, gamma, seed, rewards,
@@ -162,7 +162,7 @@ class DecodeConfig:
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
-            static_cache=None if cache_impl is None else cache_impl == "static")
+            static_cache=cache_impl != "dynamic")
 
     def row_seeds(self, batch: int) -> list[int]:
         """One Philox key per output row (prompt-major, as HF orders num_return_sequences)."""

@@ -115,7 +115,7 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         streamer.put(ids.cpu())
 
     if T > 0:
-        forward = _forward_fn(model, _make_cache(model, P + T, cfg.static_cache is not False))
+        forward = _forward_fn(model, _make_cache(model, P + T, cfg.static_cache))
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # [B, P]
         logits = forward(ids, positions, mask)
         last_pos = positions[:, -1:]  # [B, 1]

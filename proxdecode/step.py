@@ -94,8 +94,8 @@ def sample_step(
     z = logits.float()  # [B, V]; one read of the logits
     row_max = z.amax(dim=-1)  # [B]; NaN and +inf propagate, an all -inf row stays -inf
     valid = torch.isfinite(row_max)  # [B]
-    z = torch.where(valid[:, None], z, torch.zeros((), device=z.device))  # keep the math finite
-    policy_lse = torch.logsumexp(z, dim=-1)  # [B]
+    z = raw = torch.where(valid[:, None], z, torch.zeros((), device=z.device))  # finite math
+    policy_lse = torch.logsumexp(raw, dim=-1)  # [B]
 
     if repetition_penalty != 1.0 and seen is not None:
         penalised = torch.where(z < 0, z * repetition_penalty, z / repetition_penalty)
@@ -130,13 +130,12 @@ def sample_step(
         pick = torch.argmax(scores - torch.log(-torch.log(u)), dim=-1)  # Gumbel-max
     else:
         best = scores.max(dim=-1, keepdim=True).values
-        pick = torch.where(scores == best, idx, V).min(dim=-1).values  # lowest id among ties
-        pick = torch.argmax((idx == pick[:, None]).int(), dim=-1)
+        pick = torch.where(scores == best, idx, V).argmin(dim=-1)  # lowest id among ties
     pick = pick[:, None]  # [B, 1]
     tokens = idx.gather(1, pick)[:, 0]  # [B]
     logprobs = logp.gather(1, pick)[:, 0]
     valid &= torch.isfinite(logprobs)
-    policy_logprobs = logits.float().gather(1, tokens[:, None])[:, 0] - policy_lse
+    policy_logprobs = raw.gather(1, tokens[:, None])[:, 0] - policy_lse
     dense = None
     if return_scores:
         dense = torch.full_like(s, float("-inf")).scatter(1, idx, scores)  # [B, V]

@@ -54,7 +54,8 @@ class Reward:
         table() -> [V]: kind "table" only.
         init(batch, device) -> state: kinds "state" and "model".
         score(state, logits) -> [B, V]: unweighted reward of every candidate.
-        update(state, tokens, alive) -> None: advance the state in place with ``[B]`` tokens.
+        update(state, tokens, alive) -> None: advance the state in place with ``[B]`` tokens;
+            always called after the same step's ``score``, so it may reuse what ``score`` kept.
         terminal(state) -> [B] or None: added on the row's last step.
     """
 

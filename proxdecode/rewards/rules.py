@@ -134,7 +134,8 @@ class Keywords(Reward):
 
     def score(self, st, logits):
         covered = st["covered"]  # [B, K]
-        new = (self._hits(st) & ~covered[:, None, :]).sum(-1)  # [B, U]
+        st["hits"] = self._hits(st)  # [B, U, K]; the history is unchanged until update()
+        new = (st["hits"] & ~covered[:, None, :]).sum(-1)  # [B, U]
         now = covered.sum(-1, keepdim=True)  # [B, 1]
         gain = self._phi(now + new) - self._phi(now)  # [B, U]
         out = torch.zeros(covered.shape[0], logits.shape[1], device=logits.device)
@@ -142,6 +143,6 @@ class Keywords(Reward):
 
     def update(self, st, tokens, alive):
         chosen = (st["lasts"][None, :] == tokens[:, None]) & alive[:, None]  # [B, U]
-        st["covered"] |= (self._hits(st) & chosen[:, :, None]).any(1)
+        st["covered"] |= (st["hits"] & chosen[:, :, None]).any(1)
         st["hist"] = torch.where(alive[:, None], torch.cat([st["hist"][:, 1:], tokens[:, None]], 1),
                                  st["hist"])
