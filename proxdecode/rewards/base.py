@@ -52,7 +52,8 @@ class Reward:
     Hooks (``B`` rows, ``V`` vocabulary; all on the logits' device, no host sync):
         bind(tokenizer): build CPU tables once, when the family joins a ``Rewards``.
         table() -> [V]: kind "table" only.
-        init(batch, device) -> state: kinds "state" and "model".
+        init(ctx) -> state: kinds "state" and "model"; ``ctx`` is a ``RewardContext``
+            (batch, device, the ``[B, P]`` prompts and their mask, the vocabulary width).
         score(state, logits) -> [B, V]: unweighted reward of every candidate.
         update(state, tokens, alive) -> None: advance the state in place with ``[B]`` tokens;
             always called after the same step's ``score``, so it may reuse what ``score`` kept.
@@ -74,7 +75,7 @@ class Reward:
     def table(self) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not a token-table reward")
 
-    def init(self, batch: int, device) -> dict:
+    def init(self, ctx: "RewardContext") -> dict:
         return {}
 
     def score(self, state: dict, logits: torch.Tensor) -> torch.Tensor:
@@ -85,6 +86,17 @@ class Reward:
 
     def terminal(self, state: dict) -> torch.Tensor | None:
         return None
+
+
+@dataclass
+class RewardContext:
+    """What a family's ``init`` may look at: the shape and the prompts of one call."""
+
+    batch: int
+    device: torch.device
+    vocab: int  # logits per row (the tokenizer's size plus any padding rows)
+    prompt_ids: torch.Tensor | None = None  # [B, P] int64, left-padded
+    prompt_mask: torch.Tensor | None = None  # [B, P] 0 on padding
 
 
 @dataclass
@@ -126,7 +138,8 @@ class Rewards:
     def names(self) -> list[str]:
         return [f.name for f in self.families]
 
-    def start(self, model_vocab: int, batch: int, device, tokenizer=None) -> "RewardRun":
+    def start(self, model_vocab: int, batch: int, device, tokenizer=None,
+              prompt_ids=None, prompt_mask=None) -> "RewardRun":
         """Check this set fits the model, and make the per-call device state."""
         if tokenizer is not None and tokenizer is not self.tokenizer \
                 and tokenizer.get_vocab() != self.tokenizer.get_vocab():
@@ -144,7 +157,8 @@ class Rewards:
                 live.append((i, f))
         stacked = torch.stack(tables).to(device) if tables else None
         bound = _Bound(self.names, stacked.sum(0) if tables else None, stacked, pos, live)
-        return RewardRun(bound, [f.init(batch, device) for _, f in live], model_vocab)
+        ctx = RewardContext(batch, torch.device(device), model_vocab, prompt_ids, prompt_mask)
+        return RewardRun(bound, [f.init(ctx) for _, f in live], model_vocab)
 
 
 class RewardRun:

@@ -44,9 +44,9 @@ class EndsWith(Reward):
         self._ends = torch.tensor([s.endswith(self.suffix) for s in strings]) & ~special  # [V]
         self._text = ~special  # [V] tokens that add text
 
-    def init(self, batch, device):
-        return {"ends": torch.zeros(batch, dtype=torch.bool, device=device),
-                "ends_tab": self._ends.to(device), "text_tab": self._text.to(device)}
+    def init(self, ctx):
+        return {"ends": torch.zeros(ctx.batch, dtype=torch.bool, device=ctx.device),
+                "ends_tab": self._ends.to(ctx.device), "text_tab": self._text.to(ctx.device)}
 
     def score(self, st, logits):
         ends = st["ends_tab"].float()[None, :]  # [1, V]
@@ -113,7 +113,8 @@ class Keywords(Reward):
                           for v, ks in variants.items()]
         self._history = max([len(v) - 1 for v in variants], default=1)
 
-    def init(self, batch, device):
+    def init(self, ctx):
+        batch, device = ctx.batch, ctx.device
         return {"covered": torch.zeros(batch, len(self.words), dtype=torch.bool, device=device),
                 "hist": torch.full((batch, self._history), -1, dtype=torch.long, device=device),
                 "lasts": self._lasts.to(device), "static": self._static.to(device),
