@@ -5,7 +5,7 @@
     proxdecode demo
     proxdecode bench --batch 1 8 32
 
-A reward is ``name[:args][=weight]``; ``--json`` prints one JSON document instead of the
+A reward is ``name[:args][=weight]`` (or a ``--rewards rewards.toml`` file); ``--json`` prints one JSON document instead of the
 coloured view.
 """
 
@@ -15,43 +15,27 @@ import argparse
 import json
 import sys
 
-REWARDS = {
-    "ends-with": lambda arg, w: ("EndsWith", dict(suffix=arg or ".", weight=w)),
-    "keywords": lambda arg, w: ("Keywords", dict(words=[a for a in (arg or "").split(",") if a], weight=w)),
-    "fluency": lambda arg, w: ("Fluency", dict(weight=w)),
-}
+def _reward_families(specs, config, model):
+    """The families of ``--reward`` specs and a ``--rewards`` TOML file."""
+    from .rewards import registry
+
+    families = [registry.from_spec(s, model) for s in specs]
+    if config:
+        families += registry.from_config(config, model)
+    return families
 
 
-def parse_reward(spec: str):
-    """``name[:args][=weight]`` -> a ``pd.rewards`` family."""
-    from . import rewards
-
-    weight = 1.0
-    head, sep, tail = spec.rpartition("=")
-    if sep:
-        try:
-            weight, spec = float(tail), head
-        except ValueError:
-            pass  # an '=' inside the arguments
-    name, _, arg = spec.partition(":")
-    if name not in REWARDS:
-        raise SystemExit(f"unknown reward {name!r}; known: {', '.join(sorted(REWARDS))}")
-    cls, kwargs = REWARDS[name](arg, weight)
-    try:
-        return getattr(rewards, cls)(**kwargs)
-    except ValueError as e:
-        raise SystemExit(f"--reward {spec}: {e}")
-
-
-def _generate(model, tok, prompts, reward_specs, args, steer):
+def _generate(model, tok, prompts, reward_specs, args, steer, config=None):
     import proxdecode as pd
 
-    rewards = pd.Rewards(tok, [parse_reward(s) for s in reward_specs]) if reward_specs else None
+    families = _reward_families(reward_specs, config, model)
+    rewards = pd.Rewards(tok, families) if families else None
     enc = tok(prompts, return_tensors="pt", padding=True)
     kw = dict(max_new_tokens=args.max_new_tokens, num_return_sequences=args.n,
               do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, return_dict_in_generate=True)
-    return pd.generate(model, **enc, rewards=rewards, steer=steer, gamma=args.gamma, seed=args.seed, **kw)
+    return pd.generate(model, **enc, rewards=rewards, steer=steer, gamma=args.gamma, seed=args.seed,
+                       backend=args.backend, **kw)
 
 
 def _rows(out, tok, prompts, n):
@@ -89,10 +73,11 @@ def cmd_generate(args):
     from rich.console import Console
 
     model, tok = pd.load_model(args.model, dtype=args.dtype)
-    out = _generate(model, tok, args.prompts, args.reward, args, args.steer)
+    out = _generate(model, tok, args.prompts, args.reward, args, args.steer, args.rewards)
     rows = _rows(out, tok, args.prompts, args.n)
     if args.json:
-        print(json.dumps({"steer": args.steer, "rewards": args.reward, "completions": rows}))
+        print(json.dumps({"steer": args.steer, "rewards": args.reward, "rewards_config": args.rewards,
+                          "completions": rows}))
         return
     console = Console()
     console.print("[dim]tokens coloured by proximal reward: [green]> 0[/green], [red]< 0[/red][/dim]")
@@ -168,6 +153,14 @@ def _sampling_args(p, n=1):
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     p.add_argument("--gamma", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton"],
+                   help="decode step implementation (auto: C++ on CPU, Triton on CUDA)")
+
+
+def known_rewards():
+    from .rewards.registry import known
+
+    return known()
 
 
 def main(argv=None):
@@ -176,7 +169,9 @@ def main(argv=None):
     g = sub.add_parser("generate", help="generate and show per-token rewards")
     g.add_argument("prompts", nargs="+")
     g.add_argument("--reward", action="append", default=[], help="name[:args][=weight]; known: "
-                   + ", ".join(sorted(REWARDS)))
+                   + ", ".join(known_rewards()))
+    g.add_argument("--rewards", default=None, metavar="TOML",
+                   help="reward families from a config file ([[reward]] tables; see pd.rewards.registry)")
     g.add_argument("--steer", type=float, default=0.0)
     g.add_argument("--json", action="store_true")
     _sampling_args(g)

@@ -81,10 +81,11 @@ class DecodeConfig:
     prompt_seeds: tuple[int, ...] | None  # one per prompt, None: drawn from torch's RNG
     stop_strings: tuple[str, ...] = ()
     static_cache: bool = True  # False: HF's DynamicCache (cache_implementation="dynamic")
+    backend: str = "auto"  # the step implementation: auto | torch | triton | cpp
 
     @staticmethod
     def resolve(model, input_ids, attention_mask, *, steer, gamma, seed, rewards,
-                kwargs: dict[str, Any]) -> "DecodeConfig":
+                kwargs: dict[str, Any], backend: str = "auto") -> "DecodeConfig":
         """Check the inputs and merge the generation arguments as HF's ``generate`` does."""
         unknown = sorted(set(kwargs) - SUPPORTED_ARGS)
         if unknown:
@@ -154,6 +155,9 @@ class DecodeConfig:
             raise ValueError("steer != 0 needs rewards= (there is nothing to steer with)")
         if not isinstance(gamma, (int, float)) or not (0.0 <= gamma <= 1.0):
             raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+        from .step import BACKENDS
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         return DecodeConfig(
             max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
@@ -162,7 +166,7 @@ class DecodeConfig:
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
-            static_cache=cache_impl != "dynamic")
+            static_cache=cache_impl != "dynamic", backend=backend)
 
     def row_seeds(self, batch: int) -> list[int]:
         """One Philox key per output row (prompt-major, as HF orders num_return_sequences)."""

@@ -16,8 +16,9 @@ import torch
 
 from .config import PENALTY_SKIPS_LEFT_PADDING, DecodeConfig
 from .returns import discounted_returns
+from .rewards.text import RewardError
 from .rollout import Rollout
-from .step import sample_step
+from .step import select_step
 
 SYNC_EVERY = 8
 
@@ -40,21 +41,42 @@ def _make_cache(model, max_len: int, static: bool):
     return DynamicCache()
 
 
-def _forward_fn(model, cache):
-    """``forward(tokens, positions, mask) -> [B, V]`` last-position logits, using ``cache``."""
-    params = inspect.signature(type(model).forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.24 : older
+class Decoder:
+    """A model and its KV cache, fed one token per row per step.
 
-    def forward(tokens, positions, mask):
-        out = model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                    use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+    ``prefill(ids, mask)`` runs the ``[B, P]`` left-padded prompts and returns the last
+    position's ``[B, V]`` logits; each ``step(tokens)`` appends one ``[B]`` token per row and
+    returns the next logits. Positions count real tokens only (left padding gets none), as
+    HF's ``generate`` does. The engine drives the policy with it; reference-model rewards
+    (``KLPenalty``, ``Fluency(reference=...)``) drive their own beside it.
+    """
+
+    def __init__(self, model, max_new_tokens: int, static_cache: bool = True):
+        self.model, self.T, self.static = model, max_new_tokens, static_cache
+        params = inspect.signature(type(model).forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.24 : older
+
+    def _run(self, tokens, positions, mask):
+        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                         use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
         return out.logits[:, -1, :]  # [B, V]
-    return forward
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, P = ids.shape
+        self.cache = _make_cache(self.model, P + self.T, self.static)
+        self.full_mask = torch.cat([mask, mask.new_ones(B, self.T)], 1)  # [B, P+T]
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # [B, P]
+        self.last_pos, self.P, self.t = positions[:, -1:], P, 0  # [B, 1]
+        return self._run(ids, positions, mask)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.t += 1
+        return self._run(tokens[:, None], self.last_pos + self.t, self.full_mask[:, : self.P + self.t])
 
 
 @torch.inference_mode()
 def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer: float = 0.0,
-             gamma: float = 1.0, seed=None, **generate_kwargs):
+             gamma: float = 1.0, seed=None, backend: str = "auto", **generate_kwargs):
     """A drop-in for ``model.generate`` that can steer with, and record, proximal rewards.
 
     Args:
@@ -67,6 +89,8 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         gamma: discount for ``Rollout.returns``, in [0, 1].
         seed: int (prompt ``p`` gets ``seed + p``), one int per prompt, or None (drawn from
             torch's global RNG). A row's tokens depend only on its seed, prompt and settings.
+        backend: the decode step: ``"auto"`` (C++ on CPU, Triton on CUDA, when available),
+            ``"torch"`` (the reference), ``"cpp"`` or ``"triton"``.
         **generate_kwargs: HF's generate arguments (see ``config.SUPPORTED_ARGS``).
 
     Returns:
@@ -74,7 +98,8 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         ``rewards`` is given or ``return_dict_in_generate=True``.
     """
     cfg = DecodeConfig.resolve(model, input_ids, attention_mask, steer=steer, gamma=gamma,
-                               seed=seed, rewards=rewards, kwargs=generate_kwargs)
+                               seed=seed, rewards=rewards, kwargs=generate_kwargs,
+                               backend=backend)
     device = input_ids.device
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
@@ -87,7 +112,8 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
     mask = attention_mask.long().repeat_interleave(cfg.num_return_sequences, 0)  # [B, P]
     B, P = ids.shape
     T = cfg.max_new_tokens
-    run = rewards.start(vocab, batch, device, generate_kwargs.get("tokenizer"), ids, mask) if rewards else None
+    run = rewards.start(vocab, batch, device, generate_kwargs.get("tokenizer"), ids, mask, T) \
+        if rewards else None
     streamer = generate_kwargs.get("streamer")
     stop = None
     if cfg.stop_strings:
@@ -96,7 +122,6 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
 
     seeds = torch.tensor(cfg.row_seeds(input_ids.shape[0]), dtype=torch.long, device=device)  # [B]
     eos = torch.tensor(cfg.eos_token_ids, dtype=torch.long, device=device)  # [E]
-    full_mask = torch.cat([mask, mask.new_ones(B, T)], 1)  # [B, P+T]
     seqs = torch.cat([ids, ids.new_full((B, T), cfg.pad_token_id)], 1)  # [B, P+T]
     seen = None
     if cfg.repetition_penalty != 1.0:  # the prompt counts; left padding as the installed HF does
@@ -113,14 +138,13 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
     if streamer is not None:
         streamer.put(ids.cpu())
 
+    step_fn = select_step(cfg.backend, device)
+    decoder = Decoder(model, T, cfg.static_cache)
     if T > 0:
-        forward = _forward_fn(model, _make_cache(model, P + T, cfg.static_cache))
-        positions = (mask.cumsum(1) - 1).clamp(min=0)  # [B, P]
-        logits = forward(ids, positions, mask)
-        last_pos = positions[:, -1:]  # [B, 1]
+        logits = decoder.prefill(ids, mask)
     for t in range(T):
         reward = run.score(logits) if run else None
-        so = sample_step(
+        so = step_fn(
             logits, seeds=seeds, step=t, do_sample=cfg.do_sample, temperature=cfg.temperature,
             top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
             repetition_penalty=cfg.repetition_penalty, seen=seen,
@@ -149,7 +173,7 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         if streamer is not None or (t + 1) % SYNC_EVERY == 0:
             if bool((first_bad >= 0).any()) or not bool(alive.any()):
                 break
-        logits = forward(tok[:, None], last_pos + t + 1, full_mask[:, : P + t + 1])
+        logits = decoder.step(tok)
     if streamer is not None:
         streamer.end()
     if bool((first_bad >= 0).any()):
@@ -168,10 +192,20 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         last = (mask_n.sum(1) - 1).clamp(min=0)  # [B]
         comps.scatter_add_(2, last[None, :, None].expand(len(names), B, 1),
                            run.terminal(B, device)[:, :, None])
+    failure = None
+    if run and n > 0:
+        try:
+            run.finish(comps, sequences[:, P:], mask_n)
+        except RewardError as e:  # keep the rollout: only the failing family's rewards are NaN
+            failure = e
     total = comps.sum(0) if run else torch.zeros(B, n, device=device)
-    return Rollout(
+    rollout = Rollout(
         sequences=sequences, tokens=sequences[:, P:], mask=mask_n, logprobs=logprobs[:, :n],
         policy_logprobs=policy_logprobs[:, :n], rewards=total,
         reward_components={k: comps[i] for i, k in enumerate(names)},
         returns=discounted_returns(total, mask_n, cfg.gamma),
         scores=tuple(scores[:n]) if cfg.output_scores else None)
+    if failure is not None:
+        failure.rollout = rollout
+        raise failure
+    return rollout

@@ -24,6 +24,10 @@ Ties: HF's top-k keeps every token tied with the k-th value; here the k-th slot 
 one of them. Top-p keeps a token while the mass ranked strictly above it is below ``p``,
 which is HF's rule written in descending order. Both differ from HF only on exact ties.
 No ``.item()``, no host sync, no branch on tensor values.
+
+``select_step`` picks the implementation once per (backend, device), as vLLM's sampler
+does: ``"auto"`` takes the C++ step on CPU and the Triton step on CUDA when they are
+there, and this torch function otherwise; it is always the fallback and the oracle.
 """
 
 from __future__ import annotations
@@ -140,3 +144,53 @@ def sample_step(
     if return_scores:
         dense = torch.full_like(s, float("-inf")).scatter(1, idx, scores)  # [B, V]
     return StepOutput(tokens, logprobs, policy_logprobs, valid, dense)
+
+
+BACKENDS = ("auto", "torch", "triton", "cpp")
+_SELECTED: dict[tuple[str, str], object] = {}
+
+
+def select_step(backend: str, device) -> object:
+    """The step function for ``backend`` on ``device`` (same signature as ``sample_step``).
+
+    ``"auto"``: ``"cpp"`` on CPU, ``"triton"`` on CUDA, when available (the C++ extension
+    builds on first use; if it cannot, a one-time warning says so and torch is used).
+    An explicitly requested backend that cannot run raises ``ValueError``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    dev = torch.device(device).type
+    key = (backend, dev)
+    if key not in _SELECTED:
+        _SELECTED[key] = _resolve(backend, dev)
+    return _SELECTED[key]
+
+
+def _resolve(backend: str, dev: str):
+    import os
+
+    if backend == "torch":
+        return sample_step
+    if backend in ("triton", "auto") and (dev == "cuda" or (backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1")):
+        try:
+            from proxdecode.kernels.sample_step import sample_step_triton
+            return sample_step_triton
+        except ImportError as e:
+            if backend == "triton":
+                raise ValueError(f"backend='triton' needs triton installed: {e}") from None
+            return sample_step
+    if backend == "triton":
+        raise ValueError(f"backend='triton' needs a CUDA device (or TRITON_INTERPRET=1), got {dev!r}")
+    if backend in ("cpp", "auto") and dev == "cpu":
+        try:
+            from . import cpp
+        except ImportError:
+            cpp = None
+        if cpp is not None and cpp.available():  # builds once per machine; warns once and says why if it cannot
+            return cpp.sample_step_cpp
+        if backend == "cpp":
+            raise ValueError("backend='cpp': the C++ step could not be built here (see the warning above)")
+        return sample_step
+    if backend == "cpp":
+        raise ValueError(f"backend='cpp' runs on CPU only here, got device {dev!r}")
+    return sample_step

@@ -26,7 +26,7 @@ def test_generate_coloured(real, capsys):
 
 
 def test_unknown_reward_lists_the_known_ones(real):
-    with pytest.raises(SystemExit, match="known: ends-with, fluency, keywords"):
+    with pytest.raises(SystemExit, match="known: capitalization, ends-with, fluency, human, keywords, kl, length"):
         main(["generate", "x", "--reward", "sentimentality", "--max-new-tokens", "2"])
     with pytest.raises(SystemExit, match="steer"):  # --steer without a reward is not ignored
         main(["generate", "x", "--steer", "2", "--max-new-tokens", "2"])

@@ -1,7 +1,10 @@
 """Proximal reward families (``pd.rewards``) and the ``Rewards`` set that runs them."""
 
+from . import registry
 from .base import Reward, RewardContext, Rewards, RewardRun, token_strings
-from .model import Fluency
+from .model import Fluency, KLPenalty
 from .rules import EndsWith, Keywords
+from .text import RewardError, TextReward
 
-__all__ = ["Reward", "RewardContext", "Rewards", "RewardRun", "EndsWith", "Keywords", "Fluency", "token_strings"]
+__all__ = ["Reward", "RewardContext", "Rewards", "RewardRun", "RewardError", "token_strings",
+           "EndsWith", "Keywords", "Fluency", "KLPenalty", "TextReward", "registry"]

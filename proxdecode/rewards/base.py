@@ -10,8 +10,8 @@ decides where the work happens:
 - ``"state"``: depends on the row's history through a device state ``[B, ...]`` that
   ``update`` advances with the chosen tokens.
 - ``"model"``: a log-prob from the policy's logits (or a reference model's).
-- ``"text"``: a Python function of decoded text, off the hot path (not built yet: the
-  reward-library issue adds ``TextReward``).
+- ``"text"``: a Python function of decoded text, run on the finished rows, off the hot
+  path (``text.TextReward``); recorded, never steering.
 
 Recorded rewards: the reward of step ``t`` is ``R(s_t, a_t)`` of the chosen token, and a
 family's ``terminal`` value is added on the row's last step. Families that reproduce a
@@ -97,6 +97,7 @@ class RewardContext:
     vocab: int  # logits per row (the tokenizer's size plus any padding rows)
     prompt_ids: torch.Tensor | None = None  # [B, P] int64, left-padded
     prompt_mask: torch.Tensor | None = None  # [B, P] 0 on padding
+    max_new_tokens: int = 0  # steps this call may run
 
 
 @dataclass
@@ -106,6 +107,8 @@ class _Bound:
     tables: torch.Tensor | None  # [F_table, V] weighted, for per-component reads
     table_pos: list[int]  # component index of each table row
     live: list[tuple[int, Reward]]  # (component index, family) of state/model kinds
+    text: list[tuple[int, Reward]]  # (component index, family) of the text kind
+    tokenizer: object
 
 
 class Rewards:
@@ -139,7 +142,7 @@ class Rewards:
         return [f.name for f in self.families]
 
     def start(self, model_vocab: int, batch: int, device, tokenizer=None,
-              prompt_ids=None, prompt_mask=None) -> "RewardRun":
+              prompt_ids=None, prompt_mask=None, max_new_tokens: int = 0) -> "RewardRun":
         """Check this set fits the model, and make the per-call device state."""
         if tokenizer is not None and tokenizer is not self.tokenizer \
                 and tokenizer.get_vocab() != self.tokenizer.get_vocab():
@@ -147,17 +150,21 @@ class Rewards:
         if self.vocab_size > model_vocab or model_vocab - self.vocab_size > 256:
             raise ValueError(f"rewards were built for a tokenizer of {self.vocab_size} tokens; the model "
                              f"has {model_vocab} logits (allowed: equal, or up to 256 padding rows)")
-        tables, pos, live = [], [], []
+        tables, pos, live, text = [], [], [], []
         for i, f in enumerate(self.families):
             if f.kind == "table":
                 t = f.table().float()
                 tables.append(torch.nn.functional.pad(t, (0, model_vocab - t.numel())) * f.weight)
                 pos.append(i)
+            elif f.kind == "text":
+                text.append((i, f))
             else:
                 live.append((i, f))
         stacked = torch.stack(tables).to(device) if tables else None
-        bound = _Bound(self.names, stacked.sum(0) if tables else None, stacked, pos, live)
-        ctx = RewardContext(batch, torch.device(device), model_vocab, prompt_ids, prompt_mask)
+        bound = _Bound(self.names, stacked.sum(0) if tables else None, stacked, pos, live, text,
+                       self.tokenizer)
+        ctx = RewardContext(batch, torch.device(device), model_vocab, prompt_ids, prompt_mask,
+                            max_new_tokens)
         return RewardRun(bound, [f.init(ctx) for _, f in live], model_vocab)
 
 
@@ -194,6 +201,14 @@ class RewardRun:
             out[i] = d.gather(1, tokens[:, None])[:, 0]
             f.update(st, tokens, alive)
         return out * alive
+
+    def finish(self, comps: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fill the text families' rows of ``comps`` ``[F, B, T]`` from the finished completions
+        ``tokens`` ``[B, T]`` (``mask`` False after EOS). On a failure the family's row is
+        NaN and the error (``text.RewardError``) propagates."""
+        for i, f in self.b.text:
+            comps[i] = float("nan")
+            comps[i] = f.rewards(self.b.tokenizer, tokens, mask).to(comps.device) * f.weight
 
     def terminal(self, batch: int, device) -> torch.Tensor:
         """``[F, B]`` weighted terminal rewards from the final state."""

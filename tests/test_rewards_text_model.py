@@ -1,0 +1,175 @@
+"""Text rewards (any Python function), reference-model rewards, and rewards by name/config."""
+
+import math
+
+import pytest
+import torch
+
+import proxdecode as pd
+from proxdecode.rewards import EndsWith, Fluency, KLPenalty, Keywords, RewardError, TextReward, registry
+
+from conftest import assert_verbose_allclose
+
+PROMPTS = ["I like to eat", "Today is a", "The apple and the orange"]
+SAMPLE = dict(max_new_tokens=12, do_sample=True, top_k=50, temperature=1.0)
+
+
+def seed_get_reward(text):  # section 5.1 of the seed write-up, verbatim
+    if not text.endswith('.'):
+        return -1
+    if "apple" in text and "orange" in text:
+        return 1
+    return 0
+
+
+def completions(tok, out):
+    return [tok.decode(out.tokens[b, : int(out.mask[b].sum())], skip_special_tokens=True)
+            for b in range(out.tokens.shape[0])]
+
+
+@pytest.mark.parametrize("every", [None, 1, 3])
+def test_text_reward_sums_to_fn_and_tracks_prefixes(tiny, every):
+    model, tok = tiny
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    fn = lambda text: len(text.split()) / 10  # noqa: E731  a potential that changes along the text
+    rewards = pd.Rewards(tok, [TextReward(fn, every=every, weight=2.0, name="words")])
+    out = pd.generate(model, **enc, rewards=rewards, seed=3, **SAMPLE)
+    r = out.reward_components["words"]
+    for b, text in enumerate(completions(tok, out)):
+        n = int(out.mask[b].sum())
+        assert r[b].sum().item() == pytest.approx(2.0 * fn(text), abs=1e-5)
+        want = torch.zeros(r.shape[1])  # the plain loop: Phi differences at each k-token prefix
+        marks = list(range(every, n, every)) if every else []
+        prev = 0.0
+        for k in marks + [n]:
+            phi = fn(tok.decode(out.tokens[b, :k], skip_special_tokens=True))
+            want[k - 1] = 2.0 * (phi - prev)
+            prev = phi
+        assert_verbose_allclose(r[b], want, 1e-5, 1e-5, f"row {b}")
+
+
+def test_seed_rule_as_text_reward(tiny):
+    model, tok = tiny
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    out = pd.generate(model, **enc, rewards=pd.Rewards(tok, [TextReward(seed_get_reward)]), seed=0,
+                      num_return_sequences=2, **SAMPLE)
+    got = out.reward_components["seed_get_reward"].sum(1).tolist()
+    assert got == [float(seed_get_reward(t)) for t in completions(tok, out)]
+    assert out.returns[:, 0].tolist() == pytest.approx(got)  # gamma 1: the return is the reward
+
+
+@pytest.mark.parametrize("bad", ["raise", "nan", "str"])
+def test_failing_text_reward_names_itself_and_keeps_the_rollout(tiny, bad):
+    model, tok = tiny
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+
+    def judge(text):
+        if bad == "raise":
+            raise KeyError("no judge today")
+        return float("nan") if bad == "nan" else "good"
+
+    rewards = pd.Rewards(tok, [EndsWith("."), TextReward(judge, name="judge")])
+    with pytest.raises(RewardError, match="TextReward 'judge'") as err:
+        pd.generate(model, **enc, rewards=rewards, seed=0, **SAMPLE)
+    kept = err.value.rollout  # the generation work is not lost
+    plain = pd.generate(model, **enc, rewards=pd.Rewards(tok, [EndsWith(".")]), seed=0, **SAMPLE)
+    assert torch.equal(kept.sequences, plain.sequences)
+    assert torch.equal(kept.reward_components["ends_with"], plain.reward_components["ends_with"])
+    assert torch.isnan(kept.reward_components["judge"]).all()
+
+
+def test_text_reward_bad_arguments():
+    with pytest.raises(TypeError, match="fn must be callable"):
+        TextReward("not a function")
+    with pytest.raises(ValueError, match="every must be None or an int >= 1"):
+        TextReward(len, every=0)
+    with pytest.raises(ValueError, match="weight must be a finite number"):
+        TextReward(len, weight=math.inf)
+
+
+def teacher_forced_logprobs(model, seqs, attention, P):
+    """[B, T] log-prob of each completion token, one forward over prompt + completion."""
+    pos = (attention.cumsum(1) - 1).clamp(min=0)
+    logits = model(input_ids=seqs, attention_mask=attention, position_ids=pos).logits.float()
+    lp = torch.log_softmax(logits[:, P - 1:-1], -1)
+    return lp.gather(2, seqs[:, P:, None])[:, :, 0]
+
+
+def test_kl_penalty_and_reference_fluency_equal_teacher_forced_forwards(tiny):
+    model, tok = tiny
+    ref, _ = pd.random_model("tiny", seed=1)  # another set of weights, same vocabulary
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    rewards = pd.Rewards(tok, [KLPenalty(ref, coef=0.2), Fluency(reference=ref, name="ref_fluency"),
+                               Fluency()])
+    out = pd.generate(model, **enc, rewards=rewards, steer=0.5, seed=1, **SAMPLE)
+    P = enc["input_ids"].shape[1]
+    attention = torch.cat([enc["attention_mask"], out.mask.long()], 1)
+    seqs = out.sequences
+    with torch.no_grad():
+        lp_pol = teacher_forced_logprobs(model, seqs, attention, P)
+        lp_ref = teacher_forced_logprobs(ref, seqs, attention, P)
+    m = out.mask
+    assert_verbose_allclose(out.reward_components["kl"][m], (-0.2 * (lp_pol - lp_ref))[m], 1e-4, 1e-4, "kl")
+    assert_verbose_allclose(out.reward_components["ref_fluency"][m], lp_ref[m], 1e-4, 1e-4, "ref fluency")
+    assert_verbose_allclose(out.reward_components["fluency"][m], out.policy_logprobs[m], 1e-5, 1e-5, "fluency")
+
+
+def test_reference_with_another_vocabulary_is_refused(tiny):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model, tok = tiny
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    with pytest.raises(ValueError, match="reference model has 1000 logits"):
+        pd.Rewards(tok, [KLPenalty(other)])
+    with pytest.raises(ValueError, match="coef must be a finite number >= 0"):
+        KLPenalty(model, coef=float("nan"))
+    with pytest.raises(ValueError, match="reference must be a model"):
+        KLPenalty(None)
+
+
+def test_registry_builds_families_by_name_and_from_toml(tiny, tmp_path):
+    model, tok = tiny
+    f = registry.from_spec("keywords:apple,orange=0.5", model)
+    assert isinstance(f, Keywords) and f.words == ["apple", "orange"] and f.weight == 0.5
+    assert registry.from_spec("ends-with:!", model).suffix == "!"
+    cfg = tmp_path / "rewards.toml"
+    cfg.write_text('[[reward]]\ntype = "ends-with"\nweight = 2.0\n\n'
+                   '[[reward]]\ntype = "keywords"\nwords = ["apple", "orange"]\nrequire_all = true\n')
+    fams = registry.from_config(cfg, model)
+    assert [type(x).__name__ for x in fams] == ["EndsWith", "Keywords"]
+    assert fams[0].weight == 2.0 and fams[1].require_all
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    out = pd.generate(model, **enc, rewards=pd.Rewards(tok, fams), steer=1.0, seed=0, **SAMPLE)
+    assert set(out.reward_components) == {"ends_with", "keywords"}
+
+
+@pytest.mark.parametrize("text,match", [
+    ('[[reward]]\ntype = "sentimentality"\n', "unknown reward 'sentimentality'; known: capitalization"),
+    ('[[reward]]\ntype = "keywords"\nwords = ["a"]\ncolour = 1\n', "keywords takes .*unknown colour"),
+    ('[[reward]]\ntype = "ends-with"\nweight = nan\n', "weight must be a finite number"),
+    ('[[reward]]\nweight = 1.0\n', "reward #1 has no 'type'"),
+    ('[[reward]\n', "not valid TOML"),
+    ('import_this = "os"\n', "expected one or more"),
+    ('[[reward]]\ntype = "keywords"\n', "keywords: .*words"),
+])
+def test_bad_reward_configs(tmp_path, text, match):
+    cfg = tmp_path / "rewards.toml"
+    cfg.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        registry.from_config(cfg)
+
+
+def test_cli_rewards_config(real, tmp_path, capsys):
+    import json
+
+    from proxdecode.cli import main
+
+    cfg = tmp_path / "rewards.toml"
+    cfg.write_text('[[reward]]\ntype = "ends-with"\n\n[[reward]]\ntype = "keywords"\nwords = ["apple"]\n')
+    main(["generate", "I like to eat", "--rewards", str(cfg), "--steer", "2", "-n", "2",
+          "--max-new-tokens", "8", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert all(set(c["components"]) == {"ends_with", "keywords"} for c in doc["completions"])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["generate", "x", "--rewards", str(tmp_path / "missing.toml"), "--max-new-tokens", "2"])
