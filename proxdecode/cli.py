@@ -116,6 +116,8 @@ def cmd_bench(args):
 
     from . import bench
 
+    if args.rewards or args.steering:
+        return _bench_rewards(args)
     if args.cache_ab:
         import proxdecode as pd
 
@@ -130,8 +132,8 @@ def cmd_bench(args):
         print(json.dumps(rows))
         return
     res = bench.run(tuple(args.batch), args.new_tokens, args.runs, args.dtype, args.device,
-                    memory=not args.no_memory, out_path=args.out, cache=args.cache)
-    table = Table(title=f"pd.generate vs model.generate, {res['model']} {args.dtype}, "
+                    memory=not args.no_memory, out_path=args.out, cache=args.cache, backend=args.backend)
+    table = Table(title=f"pd.generate (step: {args.backend}) vs model.generate, {res['model']} {args.dtype}, "
                         f"{args.new_tokens} new tokens, {bench.SETTINGS}")
     for c in ("batch", "HF tok/s", "pd tok/s", "speedup", "HF peak MiB", "pd peak MiB"):
         table.add_column(c, justify="right")
@@ -139,6 +141,45 @@ def cmd_bench(args):
         table.add_row(str(r["batch"]), f"{r['hf_tok_s']:.1f}", f"{r['pd_tok_s']:.1f}", f"{r['speedup']:.2f}x",
                       f"{r.get('hf_peak_mib', float('nan')):.0f}", f"{r.get('pd_peak_mib', float('nan')):.0f}")
     Console(stderr=True).print(table)
+    print(json.dumps(res))
+
+
+def _bench_rewards(args):
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import bench_rewards
+
+    console = Console(stderr=True)
+    if args.rewards:
+        res = bench_rewards.rewards_speed(args.batch[0], args.new_tokens, args.runs, backend=args.backend)
+        t = Table(title=f"rewards at batch {res['batch']}, {res['new_tokens']} new tokens, steer {res['steer']}")
+        for c in ("decoder", "tok/s", "reward work ms/step"):
+            t.add_column(c, justify="right")
+        t.add_row("pd.generate, no rewards", f"{res['tok_s']['pd']:.1f}", "-")
+        t.add_row("pd.generate, full stack", f"{res['tok_s']['pd_rewards']:.1f}",
+                  f"{res['reward_step_ms']['pd_rewards']:.2f}")
+        t.add_row("HF + seed-style processor", f"{res['tok_s']['seed_style']:.1f}",
+                  f"{res['reward_step_ms']['seed_style']:.2f}")
+        console.print(t)
+        console.print(f"full stack / no rewards {res['rewards_vs_none']:.2f}x; full stack / seed-style "
+                      f"{res['rewards_vs_seed_style']:.2f}x end to end, {res['reward_step_speedup']:.0f}x "
+                      f"on the reward work alone")
+    else:
+        res = bench_rewards.steering(backend=args.backend)
+        t = Table(title="Sentiment steering, default model, 64 continuations a cell")
+        for c in ("beta", "TextBlob polarity", "perplexity", "distinct-2"):
+            t.add_column(c, justify="right")
+        for c in res["sentiment"]:
+            t.add_row(f"{c['beta']:g}", f"{c['polarity']:+.3f}", f"{c['perplexity']:.2f}", f"{c['distinct_2']:.3f}")
+        console.print(t)
+        console.print(f"fidelity (Spearman, summed rewards vs TextBlob, n={res['fidelity_n']}): "
+                      f"{res['fidelity_spearman']:.3f}")
+        for row in res["tasks"]:
+            console.print(row)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
     print(json.dumps(res))
 
 
@@ -189,6 +230,10 @@ def main(argv=None):
     b.add_argument("--cache-ab", action="store_true",
                    help="instead: pd.generate with the static vs the dynamic cache, alternating")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    b.add_argument("--rewards", action="store_true",
+                   help="instead: the full reward stack vs no rewards vs the seed-style baseline (first --batch)")
+    b.add_argument("--steering", action="store_true", help="instead: what steering does to the text")
+    b.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton"])
     b.add_argument("--out", default=None, help="also write the JSON result here")
     args = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging

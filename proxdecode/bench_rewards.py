@@ -1,0 +1,244 @@
+"""``proxdecode bench --rewards`` and ``--steering``: what rewards cost, and what steering buys.
+
+``rewards_speed``: tokens/s at one batch, in one process, alternating, median of ``runs``:
+``pd.generate`` without rewards, with the full stack steering (Sentiment, EndsWith,
+Keywords, Repetition, Fluency), and the seed-style baseline: HF ``generate`` with a
+``LogitsProcessor`` that, every step, decodes the text of each row's top-20 candidates and
+scores it with TextBlob and the seed's rule in Python. That is how the seed's
+``get_reward(text)`` grows into reward-guided decoding (ARGS with k = 20), and it is what
+people write today. The reward work alone (one step's rewards, same logits) is timed too,
+since on a CPU the model forward dominates both loops.
+
+``steering``: on the default model, fixed seeds, >= 64 continuations a cell: Sentiment
+steering at several beta against TextBlob polarity, perplexity under the unsteered model
+(from ``Rollout.policy_logprobs``, no extra pass) and distinct-2; the fidelity of the
+vectorised Sentiment (Spearman against TextBlob over every continuation); and the rule
+and task rewards (Keywords, EndsWith, Overlap vs sacrebleu) at beta = 0 and a chosen beta.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from .bench import PROMPTS, SETTINGS, _alternating, _inputs
+
+TOP_CANDIDATES = 20
+
+
+def seed_get_reward(text: str) -> float:
+    """The seed write-up's rule (section 5.1), verbatim."""
+    if not text.endswith('.'):
+        return -1
+    if "apple" in text and "orange" in text:
+        return 1
+    return 0
+
+
+def seed_style_processor(tokenizer, prompt_len: int, beta: float):
+    """A HF ``LogitsProcessor``: top-20 candidates per row, each decoded and scored in Python."""
+    from textblob import TextBlob
+    from transformers import LogitsProcessor
+
+    class SeedStyle(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            vals, idx = scores.topk(TOP_CANDIDATES, dim=-1)  # [B, 20]
+            out = torch.full_like(scores, float("-inf"))
+            for b in range(scores.shape[0]):
+                prefix = input_ids[b, prompt_len:].tolist()
+                for j, cand in enumerate(idx[b].tolist()):
+                    text = tokenizer.decode(prefix + [cand], skip_special_tokens=True)
+                    reward = TextBlob(text).sentiment.polarity + seed_get_reward(text)
+                    out[b, cand] = vals[b, j] + beta * reward
+            return out
+    return SeedStyle()
+
+
+def full_stack(tok):
+    """The issue's full reward stack."""
+    import proxdecode as pd
+
+    R = pd.rewards
+    return pd.Rewards(tok, [R.Sentiment(), R.EndsWith(".", weight=0.5), R.Keywords(["apple", "orange"]),
+                            R.Repetition(weight=-0.5), R.Fluency(weight=0.1)])
+
+
+def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: float = 2.0,
+                  backend: str = "auto") -> dict:
+    import proxdecode as pd
+    from transformers import LogitsProcessorList
+
+    model, tok = pd.load_model()
+    device = model.device
+    enc = _inputs(tok, batch, device)
+    P = enc["input_ids"].shape[1]
+    rewards = full_stack(tok)
+
+    def pd_call(with_rewards):
+        def run(n, seed):
+            kw = dict(SETTINGS, max_new_tokens=n or new_tokens, min_new_tokens=n or new_tokens)
+            if with_rewards:
+                return pd.generate(model, **enc, **kw, rewards=rewards, steer=steer, seed=seed, backend=backend)
+            return pd.generate(model, **enc, **kw, seed=seed, backend=backend)
+        return run
+
+    def seed_call(n, seed):
+        torch.manual_seed(seed)
+        return model.generate(**enc, **SETTINGS, max_new_tokens=n or new_tokens, min_new_tokens=n or new_tokens,
+                              logits_processor=LogitsProcessorList([seed_style_processor(tok, P, steer)]))
+
+    times = _alternating({"pd": pd_call(False), "pd_rewards": pd_call(True), "seed_style": seed_call},
+                         runs, device)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tok_s = {k: batch * new_tokens / v for k, v in med.items()}
+
+    # the reward work alone, one step, the same logits and history
+    logits = torch.randn(batch, model.config.vocab_size, device=device) * 3
+    history = torch.randint(0, 1000, (batch, 16), device=device)
+    run = rewards.start(model.config.vocab_size, batch, device, None, enc["input_ids"], enc["attention_mask"],
+                        new_tokens)
+    for t in range(history.shape[1]):
+        run.score(logits)
+        run.record(history[:, t], torch.ones(batch, dtype=torch.bool))
+    proc = seed_style_processor(tok, 0, steer)
+
+    def ours():
+        r = run.score(logits)
+        run.record(r.argmax(-1), torch.ones(batch, dtype=torch.bool))
+
+    reward_ms = {"pd_rewards": _median_ms(ours), "seed_style": _median_ms(lambda: proc(history, logits))}
+    return {
+        "batch": batch, "new_tokens": new_tokens, "runs": runs, "steer": steer, "settings": SETTINGS,
+        "stack": rewards.names, "seconds": times, "tok_s": tok_s,
+        "rewards_vs_none": tok_s["pd_rewards"] / tok_s["pd"],
+        "rewards_vs_seed_style": tok_s["pd_rewards"] / tok_s["seed_style"],
+        "reward_step_ms": reward_ms,
+        "reward_step_speedup": reward_ms["seed_style"] / reward_ms["pd_rewards"],
+        **_machine(),
+    }
+
+
+def _median_ms(fn, reps: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _machine() -> dict:
+    import transformers
+
+    return {"machine": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+# ----------------------------------------------------------------------------- steering
+
+SENTIMENT_PROMPTS = ["Today is a", "I think that the movie", "The weather this morning",
+                     "My neighbour told me that", "The new restaurant downtown", "Yesterday I saw",
+                     "The meeting at work", "When I opened the box,"]
+
+
+def _texts(tok, out) -> list[str]:
+    return [tok.decode(out.tokens[b, : int(out.mask[b].sum())], skip_special_tokens=True)
+            for b in range(out.tokens.shape[0])]
+
+
+def distinct_n(texts, n: int = 2) -> float:
+    """Mean over texts of distinct word n-grams / n-grams (Li et al., 2016)."""
+    vals = []
+    for t in texts:
+        w = t.split()
+        grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+        if grams:
+            vals.append(len(set(grams)) / len(grams))
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def _perplexity(out) -> float:
+    """exp of the mean negative log-prob of the chosen tokens under the unsteered model."""
+    m = out.mask
+    return math.exp(float(-(out.policy_logprobs * m).sum() / m.sum()))
+
+
+def _chat(tok, text: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                   add_generation_prompt=True)
+
+
+def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), rule_beta: float = 4.0,
+             backend: str = "auto") -> dict:
+    import proxdecode as pd
+    import sacrebleu
+    from scipy.stats import spearmanr
+    from textblob import TextBlob
+
+    model, tok = pd.load_model()
+    R = pd.rewards
+    kw = dict(max_new_tokens=new_tokens, do_sample=True, top_k=50, temperature=1.0,
+              num_return_sequences=per_prompt, backend=backend)
+    enc = tok(SENTIMENT_PROMPTS, return_tensors="pt", padding=True)
+    sentiment = pd.Rewards(tok, [R.Sentiment()])
+    cells, summed, polar = [], [], []
+    for beta in betas:
+        out = pd.generate(model, **enc, rewards=sentiment, steer=float(beta), seed=1234, **kw)
+        texts = _texts(tok, out)
+        pol = [TextBlob(t).sentiment.polarity for t in texts]
+        summed += out.reward_components["sentiment"].sum(1).tolist()
+        polar += pol
+        cells.append({"beta": beta, "n": len(texts), "polarity": statistics.mean(pol),
+                      "perplexity": _perplexity(out), "distinct_2": distinct_n(texts),
+                      "example": texts[0]})
+    base = cells[0]
+    ok = [c for c in cells if c["perplexity"] <= 1.5 * base["perplexity"]]
+    best = max(ok, key=lambda c: c["polarity"])
+    fidelity = float(spearmanr(summed, polar).statistic)
+
+    tasks = []
+    rule_prompts = [_chat(tok, "Write one sentence about what you like to eat."),
+                    _chat(tok, "Tell me about your favourite snack in one sentence.")]
+    enc_r = tok(rule_prompts, return_tensors="pt", padding=True)
+    for name, family, metric in [
+        ("keywords apple+orange", R.Keywords(["apple", "orange"], require_all=True, ignore_case=True),
+         lambda t: float("apple" in t.lower() and "orange" in t.lower())),
+        ("ends with '.'", R.EndsWith("."), lambda t: float(t.endswith("."))),
+    ]:
+        row = {"task": name, "metric": "rate"}
+        for beta in (0.0, rule_beta):
+            out = pd.generate(model, **enc_r, rewards=pd.Rewards(tok, [family]), steer=beta, seed=99,
+                              **dict(kw, num_return_sequences=32, max_new_tokens=48))
+            row[f"beta={beta:g}"] = statistics.mean(metric(t) for t in _texts(tok, out))
+        tasks.append(row)
+    for name, source, ref in TASKS:
+        enc_t = tok([_chat(tok, source)], return_tensors="pt")
+        row = {"task": name, "metric": "sacreBLEU"}
+        for beta in (0.0, rule_beta):
+            rewards = pd.Rewards(tok, [R.Overlap(ref, n=2, kind="bleu")])
+            out = pd.generate(model, **enc_t, rewards=rewards, steer=beta, seed=7,
+                              **dict(kw, num_return_sequences=64, max_new_tokens=40))
+            row[f"beta={beta:g}"] = statistics.mean(
+                sacrebleu.sentence_bleu(t, [ref]).score for t in _texts(tok, out))
+        tasks.append(row)
+    return {"sentiment": cells, "chosen_beta": best["beta"],
+            "polarity_gain": best["polarity"] - base["polarity"],
+            "perplexity_ratio": best["perplexity"] / base["perplexity"], "fidelity_spearman": fidelity,
+            "fidelity_n": len(summed), "rule_beta": rule_beta, "tasks": tasks, **_machine()}
+
+
+TASKS = [  # the seed's section 6 cases: summarisation (ROUGE/BLEU) and translation (BLEU)
+    ("translation en->fr", "Translate into French: I like to eat apples and oranges.",
+     "J'aime manger des pommes et des oranges."),
+    ("summary", "Summarise in one sentence: The city council met on Monday to discuss the new park. "
+                "After a long debate, the members voted to build it next spring, using money from the "
+                "state budget.",
+     "The city council voted to build the new park next spring with state money."),
+]
