@@ -3,7 +3,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-step
+.PHONY: setup demo test bench bench-step bench-rewards bench-steering
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,3 +30,9 @@ bench: setup
 bench-step: setup
 	$(PY) -m pytest benchmarks/bench_step.py --benchmark-only --benchmark-columns=median,iqr,ops \
 		--benchmark-json=benchmarks/results/step-cpu.json
+
+bench-rewards: setup
+	$(VENV)/bin/proxdecode bench --rewards --batch 8 --new-tokens 32 --runs 3 --out benchmarks/results/rewards-cpu.json
+
+bench-steering: setup
+	$(VENV)/bin/proxdecode bench --steering --out benchmarks/results/steering-cpu.json

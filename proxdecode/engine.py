@@ -204,7 +204,7 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         policy_logprobs=policy_logprobs[:, :n], rewards=total,
         reward_components={k: comps[i] for i, k in enumerate(names)},
         returns=discounted_returns(total, mask_n, cfg.gamma),
-        scores=tuple(scores[:n]) if cfg.output_scores else None)
+        scores=tuple(scores[:n]) if cfg.output_scores else None, prompt_mask=mask, vocab_size=vocab)
     if failure is not None:
         failure.rollout = rollout
         raise failure

@@ -29,6 +29,9 @@ class Rollout(ModelOutput):
         reward_components: ``{name: [B, T]}``, one per family; they sum to ``rewards``.
         returns: ``[B, T]`` float32, discounted returns with the call's ``gamma``.
         scores: with ``output_scores=True``, HF's tuple of ``T`` processed ``[B, V]`` scores.
+        prompt_mask: ``[B, P]`` the prompts' attention mask (0 on left padding), so a trainer
+            can re-run prompt + completion in one forward.
+        vocab_size: logits per position of the model that made the rollout.
     """
 
     sequences: torch.LongTensor | None = None
@@ -40,3 +43,5 @@ class Rollout(ModelOutput):
     reward_components: dict | None = None
     returns: torch.FloatTensor | None = None
     scores: tuple | None = None
+    prompt_mask: torch.LongTensor | None = None
+    vocab_size: int | None = None

@@ -152,3 +152,41 @@ def test_token_table_family_is_folded_and_recorded(tiny):
                 for row, mrow in zip(out.tokens.tolist(), out.mask.tolist())]
         assert out.reward_components["exclaim"].tolist() == want
     assert steered.reward_components["exclaim"].sum() > plain.reward_components["exclaim"].sum()
+
+
+def seed_get_reward(text):  # the seed's section 5.1 rule, verbatim
+    if not text.endswith('.'):
+        return -1
+    if "apple" in text and "orange" in text:
+        return 1
+    return 0
+
+
+@pytest.mark.parametrize("eos", [True, False])
+def test_seed_get_reward_as_vectorised_rules(tiny, eos):
+    """EndsWith('.') + Keywords gated on the same ending sum to the seed's get_reward exactly."""
+    _, tok = tiny
+    rewards = pd.Rewards(tok, [EndsWith("."), Keywords(["apple", "orange"], require_all=True,
+                                                       only_if_ends_with=".")])
+    texts = TEXTS + ["apple and orange", "apple. orange", "an orange, an apple.", "apple orange. no"]
+    totals, ids = teacher_force(rewards, tok, texts, eos)
+    got = (totals["ends_with"] + totals["keywords"]).tolist()
+    assert got == [float(seed_get_reward(tok.decode(i, skip_special_tokens=True))) for i in ids]
+
+
+def test_gated_keywords_score_every_candidate_as_a_potential_difference(tiny):
+    """Each candidate's score equals Phi(text + candidate) - Phi(text), Phi the gated rule."""
+    _, tok = tiny
+    kw = Keywords(["apple", "orange"], require_all=True, only_if_ends_with=".")
+    rewards = pd.Rewards(tok, [kw])
+    prefix = tok.encode("I ate an apple and an orange", add_special_tokens=False)
+    run = rewards.start(len(tok), 1, "cpu")
+    for t in prefix:
+        run.score(torch.zeros(1, len(tok)))
+        run.record(torch.tensor([t]), torch.tensor([True]))
+    scores = run.score(torch.zeros(1, len(tok)))[0]
+    phi = lambda text: float("apple" in text and "orange" in text and text.endswith("."))  # noqa: E731
+    base = phi(tok.decode(prefix))
+    for cand in [13, 30, 1012, tok.encode(" pie.", add_special_tokens=False)[-1], tok.eos_token_id]:
+        want = phi(tok.decode(prefix + [cand], skip_special_tokens=True)) - base
+        assert scores[cand].item() == want, (cand, tok.decode([cand]))

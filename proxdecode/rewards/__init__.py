@@ -4,7 +4,9 @@ from . import registry
 from .base import Reward, RewardContext, Rewards, RewardRun, token_strings
 from .model import Fluency, KLPenalty
 from .rules import EndsWith, Keywords
+from .style import Capitalization, Length, Repetition, WordList
 from .text import RewardError, TextReward
 
 __all__ = ["Reward", "RewardContext", "Rewards", "RewardRun", "RewardError", "token_strings",
-           "EndsWith", "Keywords", "Fluency", "KLPenalty", "TextReward", "registry"]
+           "EndsWith", "Keywords", "Repetition", "Length", "WordList", "Capitalization",
+           "Fluency", "KLPenalty", "TextReward", "registry"]

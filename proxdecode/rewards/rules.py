@@ -72,13 +72,19 @@ class Keywords(Reward):
     rule); a candidate scores ``Phi(after a) - Phi(now)``, so a row's rewards sum to
     ``Phi`` of its completion. Oracle: ``word in text`` on the decoded completion. They
     differ only when the text spells a word with tokens other than its canonical ones.
+
+    ``only_if_ends_with=s`` counts the coverage only while the completion ends with ``s``
+    (``Phi = Phi_words * [text ends with s]``): with ``EndsWith(s)`` beside it, the sum is
+    exactly the seed's ``get_reward`` (-1 unless it ends with '.', else 1 if both words).
     """
 
     default_name = "keywords"
 
     def __init__(self, words, weight: float = 1.0, require_all: bool = False,
-                 ignore_case: bool = False, name: str | None = None):
+                 ignore_case: bool = False, only_if_ends_with: str | None = None, name: str | None = None):
         super().__init__(weight, name)
+        if only_if_ends_with is not None:
+            self._gate = EndsWith(only_if_ends_with)  # its tables and state update, not its reward
         words = [words] if isinstance(words, str) else list(words)
         if not words or not all(isinstance(w, str) and w.strip() for w in words):
             raise ValueError(f"Keywords: words must be a non-empty list of non-empty strings, got {words!r}")
@@ -112,13 +118,16 @@ class Keywords(Reward):
         self._variants = [(torch.tensor(v[:-1]), lasts.index(v[-1]), sorted(ks))
                           for v, ks in variants.items()]
         self._history = max([len(v) - 1 for v in variants], default=1)
+        if hasattr(self, "_gate"):
+            self._gate.bind(tokenizer)
 
     def init(self, ctx):
         batch, device = ctx.batch, ctx.device
         return {"covered": torch.zeros(batch, len(self.words), dtype=torch.bool, device=device),
                 "hist": torch.full((batch, self._history), -1, dtype=torch.long, device=device),
                 "lasts": self._lasts.to(device), "static": self._static.to(device),
-                "variants": [(p.to(device), u, ks) for p, u, ks in self._variants]}
+                "variants": [(p.to(device), u, ks) for p, u, ks in self._variants],
+                "gate": self._gate.init(ctx) if hasattr(self, "_gate") else None}
 
     def _hits(self, st) -> torch.Tensor:
         """``[B, U, K]``: candidate ``lasts[u]`` completes word ``k`` given the history."""
@@ -138,12 +147,23 @@ class Keywords(Reward):
         st["hits"] = self._hits(st)  # [B, U, K]; the history is unchanged until update()
         new = (st["hits"] & ~covered[:, None, :]).sum(-1)  # [B, U]
         now = covered.sum(-1, keepdim=True)  # [B, 1]
-        gain = self._phi(now + new) - self._phi(now)  # [B, U]
-        out = torch.zeros(covered.shape[0], logits.shape[1], device=logits.device)
-        return out.index_copy_(1, st["lasts"], gain)  # [B, V]
+        if st["gate"] is None:
+            gain = self._phi(now + new) - self._phi(now)  # [B, U]
+            out = torch.zeros(covered.shape[0], logits.shape[1], device=logits.device)
+            return out.index_copy_(1, st["lasts"], gain)  # [B, V]
+        g = st["gate"]
+        V = g["ends_tab"].shape[0]
+        ends_now = g["ends"].float()  # [B]
+        ends_after = torch.where(g["text_tab"][None, :], g["ends_tab"][None, :].float(), ends_now[:, None])
+        phi_after = self._phi(now).expand(-1, V).clone()  # [B, V] coverage after each candidate
+        phi_after.index_copy_(1, st["lasts"], self._phi(now + new))
+        out = phi_after * ends_after - self._phi(now) * ends_now[:, None]  # [B, V]
+        return torch.nn.functional.pad(out, (0, logits.shape[1] - V))
 
     def update(self, st, tokens, alive):
         chosen = (st["lasts"][None, :] == tokens[:, None]) & alive[:, None]  # [B, U]
         st["covered"] |= (st["hits"] & chosen[:, :, None]).any(1)
         st["hist"] = torch.where(alive[:, None], torch.cat([st["hist"][:, 1:], tokens[:, None]], 1),
                                  st["hist"])
+        if st["gate"] is not None:
+            self._gate.update(st["gate"], tokens, alive)

@@ -1,0 +1,241 @@
+"""On-policy updates from proximal rewards: REINFORCE and PPO-clip over a ``Rollout``.
+
+A ``Rollout`` already holds what a policy-gradient step needs per generated token: the
+reward of each step, discounted returns, the log-prob under the unmodified policy
+(``policy_logprobs``, PPO's "old" log-prob) and the log-prob under the distribution the
+token was actually drawn from (``logprobs``: temperature, top-k/top-p and steering
+applied). The losses here are pure functions of ``[B, T]`` tensors; ``update`` does the one
+forward over prompt + completion that recomputes log-probs under the current weights.
+
+Steered or filtered rollouts are off-policy: the behaviour distribution ``mu`` is not the
+policy ``pi``. Each token's loss is weighted by the truncated importance ratio
+``min(cap, pi_old(a) / mu(a))`` (detached; Espeholt et al., 2018, IMPALA's truncation),
+which is 1 where the two agree (``steer = 0``, temperature 1, no filter).
+
+Losses (``B`` rows, ``T`` steps; each a masked mean over valid tokens):
+- REINFORCE with a baseline: ``-w * (G_t - b_t) * log pi(a_t)`` (Williams, 1992), ``b_t``
+  the batch mean of the returns at step ``t``;
+- PPO-clip: ``-w * min(r A, clip(r, 1 - eps, 1 + eps) A)``, ``r = pi / pi_old``
+  (Schulman et al., 2017);
+- KL to a reference: the k3 estimator ``exp(d) - d - 1``, ``d = log pi_ref - log pi``
+  (Schulman, 2020; what TRL's GRPO uses), times ``kl_coef``;
+- entropy bonus: ``-entropy_coef * H(pi(. | s_t))``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _plain(t):
+    """A normal tensor from one made under ``torch.inference_mode`` (as ``pd.generate``'s are),
+    which autograd may not save for backward."""
+    return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def _check_bt(mask: torch.Tensor, **tensors) -> None:
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be [B, T], got shape {tuple(mask.shape)}")
+    if mask.shape[0] == 0 or not bool(mask.any()):
+        raise ValueError("the rollout is empty: no valid token to learn from")
+    for name, t in tensors.items():
+        if t is not None and t.shape != mask.shape:
+            raise ValueError(f"{name} must match mask {tuple(mask.shape)}, got {tuple(t.shape)}")
+        if t is not None and not bool(torch.isfinite(torch.where(mask, t, 0.0)).all()):
+            raise ValueError(f"{name} has NaN or inf on valid tokens")
+
+
+def baseline_advantages(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``G_t - b_t`` with ``b_t`` the mean return at step ``t`` over the rows still running."""
+    m = mask.float()
+    b = (returns * m).sum(0) / m.sum(0).clamp(min=1.0)  # [T]
+    return (returns - b) * m
+
+
+def importance_weights(rollout, cap: float = 1.0) -> torch.Tensor:
+    """``min(cap, pi_old / mu)`` per token, ``[B, T]``, detached; 0 where mask is False."""
+    w = torch.exp(rollout.policy_logprobs - rollout.logprobs).clamp(max=cap)
+    return torch.where(rollout.mask, w, 0.0).detach()
+
+
+def reinforce_loss(logp, advantages, mask, weights=None) -> torch.Tensor:
+    """REINFORCE: ``-mean(w * A * logp)`` over valid tokens. All ``[B, T]``; returns a scalar."""
+    _check_bt(mask, logp=logp, advantages=advantages, weights=weights)
+    w = 1.0 if weights is None else weights
+    return _masked_mean(-w * advantages.detach() * logp, mask)
+
+
+def ppo_loss(logp, old_logp, advantages, mask, clip: float = 0.2, weights=None) -> torch.Tensor:
+    """PPO-clip: ``-mean(w * min(r A, clip(r) A))``, ``r = exp(logp - old_logp)``; a scalar."""
+    _check_bt(mask, logp=logp, old_logp=old_logp, advantages=advantages, weights=weights)
+    if not (0.0 < clip < 1.0):
+        raise ValueError(f"clip must be in (0, 1), got {clip!r}")
+    ratio = torch.exp(logp - old_logp.detach())
+    a = advantages.detach()
+    surrogate = torch.minimum(ratio * a, ratio.clamp(1.0 - clip, 1.0 + clip) * a)
+    w = 1.0 if weights is None else weights
+    return _masked_mean(-w * surrogate, mask)
+
+
+def kl_k3(logp, ref_logp, mask) -> torch.Tensor:
+    """Mean k3 estimate of KL(pi || pi_ref) over valid tokens: ``exp(d) - d - 1``, ``d = ref - logp``."""
+    _check_bt(mask, logp=logp, ref_logp=ref_logp)
+    d = ref_logp.detach() - logp
+    return _masked_mean(torch.exp(d) - d - 1.0, mask)
+
+
+def completion_logprobs(model, rollout, with_entropy: bool = False):
+    """Log-probs ``[B, T]`` of the rollout's tokens under ``model`` (one forward over prompt +
+    completion, gradients on), and the per-step entropy ``[B, T]`` if asked."""
+    seqs, T = _plain(rollout.sequences), rollout.tokens.shape[1]
+    P = seqs.shape[1] - T
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if rollout.vocab_size is not None and rollout.vocab_size != vocab:
+        raise ValueError(f"the rollout was made by a model with {rollout.vocab_size} logits; this one has "
+                         f"{vocab}: a rollout from another model or tokenizer cannot be learned from")
+    if int(seqs.max()) >= vocab:
+        raise ValueError(f"the rollout holds token id {int(seqs.max())} >= the model's vocabulary {vocab}")
+    attention = _plain(torch.cat([rollout.prompt_mask.long(), rollout.mask.long()], 1))  # [B, P+T]
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    logits = model(input_ids=seqs, attention_mask=attention, position_ids=positions).logits
+    logits = logits[:, P - 1:-1].float()  # [B, T, V] predicting each completion token
+    lsm = torch.log_softmax(logits, -1)
+    logp = lsm.gather(2, _plain(rollout.tokens)[:, :, None])[:, :, 0]  # [B, T]
+    entropy = -(lsm.exp() * lsm).sum(-1) if with_entropy else None
+    return logp, entropy
+
+
+def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, kl_coef: float = 0.0,
+           ref_model=None, entropy_coef: float = 0.0, is_cap: float = 1.0, advantages=None,
+           max_grad_norm: float | None = 1.0) -> dict:
+    """One gradient step on ``rollout``; returns metrics. The weights are left untouched when
+    the loss or a gradient is not finite (``FloatingPointError``)."""
+    if algo not in ("ppo", "reinforce"):
+        raise ValueError(f"algo must be 'ppo' or 'reinforce', got {algo!r}")
+    for name, v, lo in (("kl_coef", kl_coef, 0.0), ("entropy_coef", entropy_coef, 0.0), ("is_cap", is_cap, 1e-9)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo):
+            raise ValueError(f"{name} must be a finite number >= {lo:g}, got {v!r}")
+    if kl_coef > 0 and ref_model is None:
+        raise ValueError("kl_coef > 0 needs ref_model=")
+    mask = _plain(rollout.mask)
+    _check_bt(mask, rewards=rollout.rewards, returns=rollout.returns)
+    adv = _plain(baseline_advantages(rollout.returns, mask) if advantages is None else advantages)
+    weights = _plain(importance_weights(rollout, is_cap))
+
+    model.train()
+    logp, entropy = completion_logprobs(model, rollout, with_entropy=entropy_coef > 0)
+    if algo == "ppo":
+        loss = ppo_loss(logp, _plain(rollout.policy_logprobs), adv, mask, clip, weights)
+    else:
+        loss = reinforce_loss(logp, adv, mask, weights)
+    kl = torch.zeros(())
+    if ref_model is not None:
+        with torch.no_grad():
+            ref_logp, _ = completion_logprobs(ref_model, rollout)
+        kl = kl_k3(logp, ref_logp, mask)
+        loss = loss + kl_coef * kl
+    ent = _masked_mean(entropy, mask) if entropy is not None else torch.zeros(())
+    loss = loss - entropy_coef * ent
+    if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError(f"the loss is {loss.item()}; no step taken, the weights are unchanged")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError("a gradient is NaN or inf; no step taken, the weights are unchanged")
+    optimizer.step()
+    model.eval()
+    return {"loss": float(loss), "kl": float(kl), "entropy": float(ent), "grad_norm": float(norm),
+            "reward": float((rollout.rewards * rollout.mask).sum(1).mean()),
+            "ratio_weight": float(_masked_mean(weights, mask))}
+
+
+def to_sparse(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The same signal given only at the end: each row's reward sum on its last valid step."""
+    total = (rewards * mask).sum(1)  # [B]
+    last = (mask.sum(1) - 1).clamp(min=0)  # [B]
+    out = torch.zeros_like(rewards)
+    return out.scatter(1, last[:, None], total[:, None]) * mask
+
+
+def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4, max_new_tokens: int = 32,
+          lr: float = 1e-5, algo: str = "ppo", clip: float = 0.2, gamma: float = 1.0, steer: float = 0.0,
+          sparse: bool = False, kl_coef: float = 0.0, ref_model=None, entropy_coef: float = 0.0,
+          seed: int = 0, log_path=None, progress: bool = True, optimizer=None, **generate_kwargs) -> list[dict]:
+    """A minimal on-policy loop: ``steps`` times, roll out every prompt ``group_size`` times with
+    ``pd.generate`` and take one ``update``. Returns the per-step metrics (also appended to
+    ``log_path`` as JSONL): reward, KL, entropy, loss, tokens/s and the time split.
+
+    ``sparse=True`` moves each row's summed reward to its last token (the same signal, given
+    only at the end), for comparing dense proximal rewards against a terminal one.
+    On a non-finite loss or gradient it stops with the step number; the weights are those
+    from before that step.
+    """
+    import json
+    import time
+
+    from .engine import generate
+    from .returns import discounted_returns
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and 0.0 < lr <= 1.0):
+        raise ValueError(f"lr must be in (0, 1], got {lr!r}")
+    if not (isinstance(clip, (int, float)) and 0.0 < clip < 1.0):
+        raise ValueError(f"clip must be in (0, 1), got {clip!r}")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty")
+    optimizer = optimizer or torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    history = []
+    log = open(log_path, "a") if log_path else None
+    bar = None
+    if progress:
+        from rich.progress import Progress
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task("training", total=steps)
+    try:
+        for step in range(steps):
+            t0 = time.perf_counter()
+            model.eval()
+            out = generate(model, **enc, rewards=rewards, steer=steer, gamma=gamma, seed=seed + 1000 * step,
+                           max_new_tokens=max_new_tokens, num_return_sequences=group_size,
+                           do_sample=True, **generate_kwargs)
+            t1 = time.perf_counter()
+            dense_reward = float((out.rewards * out.mask).sum(1).mean())
+            if sparse:
+                out.rewards = to_sparse(out.rewards, out.mask)
+                out.returns = discounted_returns(out.rewards, out.mask, gamma)
+            try:
+                metrics = update(model, optimizer, out, algo=algo, clip=clip, kl_coef=kl_coef,
+                                 ref_model=ref_model, entropy_coef=entropy_coef)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"training stopped at step {step}: {e}") from e
+            t2 = time.perf_counter()
+            n_tok = int(out.mask.sum())
+            metrics.update(step=step, reward=dense_reward, rollout_s=t1 - t0, learn_s=t2 - t1,
+                           tokens_per_s=n_tok / (t1 - t0), new_tokens=n_tok)
+            history.append(metrics)
+            if log:
+                log.write(json.dumps(metrics) + "\n")
+                log.flush()
+            if bar:
+                bar.update(task, advance=1, description=f"reward {dense_reward:+.3f}")
+    finally:
+        if bar:
+            bar.stop()
+        if log:
+            log.close()
+    return history
