@@ -222,7 +222,7 @@ def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), r
         enc_t = tok([_chat(tok, source)], return_tensors="pt")
         row = {"task": name, "metric": "sacreBLEU"}
         for beta in (0.0, rule_beta):
-            rewards = pd.Rewards(tok, [R.Overlap(ref, n=2, kind="bleu")])
+            rewards = pd.Rewards(tok, [R.Overlap(ref, kind="bleu", weight=25.0)])  # ~ n * reference length
             out = pd.generate(model, **enc_t, rewards=rewards, steer=beta, seed=7,
                               **dict(kw, num_return_sequences=64, max_new_tokens=40))
             row[f"beta={beta:g}"] = statistics.mean(

@@ -4,6 +4,7 @@
         --steer 2 -n 4 --max-new-tokens 32 --seed 0
     proxdecode demo
     proxdecode bench --batch 1 8 32
+    proxdecode rate --out ratings.jsonl      # rate continuations 1-5, for HumanFeedback
 
 A reward is ``name[:args][=weight]`` (or a ``--rewards rewards.toml`` file); ``--json`` prints one JSON document instead of the
 coloured view.
@@ -235,13 +236,16 @@ def main(argv=None):
     b.add_argument("--steering", action="store_true", help="instead: what steering does to the text")
     b.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton"])
     b.add_argument("--out", default=None, help="also write the JSON result here")
+    from . import rate
+
+    rate.add_parser(sub)
     args = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:
-        {"generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench}[args.cmd](args)
+        {"generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench, "rate": rate.main}[args.cmd](args)
     except (ValueError, TypeError) as e:
         raise SystemExit(f"proxdecode {args.cmd}: {e}")
 

@@ -2,11 +2,13 @@
 
 from . import registry
 from .base import Reward, RewardContext, Rewards, RewardRun, token_strings
+from .human import HumanFeedback
 from .model import Fluency, KLPenalty
+from .overlap import Overlap
 from .rules import EndsWith, Keywords
 from .style import Capitalization, Length, Repetition, WordList
 from .text import RewardError, TextReward
 
 __all__ = ["Reward", "RewardContext", "Rewards", "RewardRun", "RewardError", "token_strings",
            "EndsWith", "Keywords", "Repetition", "Length", "WordList", "Capitalization",
-           "Fluency", "KLPenalty", "TextReward", "registry"]
+           "Overlap", "HumanFeedback", "Fluency", "KLPenalty", "TextReward", "registry"]
