@@ -1,6 +1,21 @@
 """Triton kernels of the decode step (``proxdecode.kernels``).
 
-Each kernel will sit in its own file beside its torch reference; the reference for the
-whole step is ``proxdecode.step.sample_step``, whose counter-based draws
-(``proxdecode.philox``) are bit-exact with ``tl.rand`` so a kernel can match its tokens.
+Each kernel sits in its own file beside its torch reference; the reference for the whole
+step is ``proxdecode.step.sample_step``, whose counter-based draws (``proxdecode.philox``)
+are bit-exact with ``tl.rand`` so a kernel can match its tokens.
+
+- ``sample_step.sample_step_triton``: the whole step (penalty, top-k / top-p / min-p
+  without sorting, reward steering, Gumbel-max) in one kernel, one program per row.
+
+Names are exported lazily so that importing the package does not import Triton.
 """
+
+__all__ = ["sample_step_triton"]
+
+
+def __getattr__(name):
+    if name == "sample_step_triton":
+        from .sample_step import sample_step_triton
+
+        return sample_step_triton
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

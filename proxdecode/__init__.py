@@ -5,7 +5,7 @@ every candidate token at every step, can steer sampling with them, and returns p
 rewards, log-probs and returns for on-policy training.
 """
 
-from . import returns, rewards
+from . import returns, rewards, rl
 from .engine import NonFiniteLogitsError, generate
 from .models import load_model, random_model
 from .rewards import Rewards
@@ -13,5 +13,5 @@ from .rollout import Rollout
 from .step import sample_step
 
 __all__ = ["generate", "load_model", "random_model", "Rewards", "Rollout", "rewards",
-           "returns", "sample_step", "NonFiniteLogitsError"]
+           "returns", "rl", "sample_step", "NonFiniteLogitsError"]
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@
     proxdecode demo
     proxdecode bench --batch 1 8 32
     proxdecode rate --out ratings.jsonl      # rate continuations 1-5, for HumanFeedback
+    proxdecode train "Today is a" --reward sentiment --steps 10 --log metrics.jsonl
 
 A reward is ``name[:args][=weight]`` (or a ``--rewards rewards.toml`` file); ``--json`` prints one JSON document instead of the
 coloured view.
@@ -145,6 +146,34 @@ def cmd_bench(args):
     print(json.dumps(res))
 
 
+def cmd_train(args):
+    """The minimal on-policy loop of ``pd.rl.train`` on the default (or a local) model."""
+    import proxdecode as pd
+    from rich.console import Console
+
+    model, tok = pd.load_model(args.model)
+    families = _reward_families(args.reward, args.rewards, model)
+    if not families:
+        raise ValueError("train needs at least one --reward or a --rewards file")
+    if args.train_layers:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in [*model.model.layers[-args.train_layers:].parameters(), *model.model.norm.parameters()]:
+            p.requires_grad_(True)
+    hist = pd.rl.train(model, tok, args.prompts, pd.Rewards(tok, families), args.steps,
+                       group_size=args.group_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
+                       algo=args.algo, gamma=args.gamma, steer=args.steer, sparse=args.sparse,
+                       seed=args.seed, log_path=args.log)
+    console = Console(stderr=True)
+    for h in hist:
+        console.print(f"step {h['step']:3d}  reward {h['reward']:+.3f}  loss {h['loss']:+.4f}  "
+                      f"entropy {h['entropy']:.3f}  {h['tokens_per_s']:.1f} tok/s")
+    if args.save:
+        model.save_pretrained(args.save)
+        tok.save_pretrained(args.save)
+        console.print(f"saved to {args.save}")
+
+
 def _bench_rewards(args):
     from rich.console import Console
     from rich.table import Table
@@ -236,6 +265,23 @@ def main(argv=None):
     b.add_argument("--steering", action="store_true", help="instead: what steering does to the text")
     b.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton"])
     b.add_argument("--out", default=None, help="also write the JSON result here")
+    t = sub.add_parser("train", help="on-policy updates from proximal rewards (pd.rl.train)")
+    t.add_argument("prompts", nargs="+")
+    t.add_argument("--reward", action="append", default=[], help="name[:args][=weight]")
+    t.add_argument("--rewards", default=None, metavar="TOML")
+    t.add_argument("--model", default=None)
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--group-size", type=int, default=4, help="completions per prompt per update")
+    t.add_argument("--max-new-tokens", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-5)
+    t.add_argument("--algo", choices=["reinforce", "ppo"], default="ppo")
+    t.add_argument("--gamma", type=float, default=1.0)
+    t.add_argument("--steer", type=float, default=0.0)
+    t.add_argument("--sparse", action="store_true", help="give each row's reward sum on its last token only")
+    t.add_argument("--train-layers", type=int, default=0, help="train only the last N layers (0: all)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log", default=None, help="append per-step metrics here (JSONL)")
+    t.add_argument("--save", default=None, help="save the trained model and tokenizer here")
     from . import rate
 
     rate.add_parser(sub)
@@ -245,7 +291,8 @@ def main(argv=None):
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:
-        {"generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench, "rate": rate.main}[args.cmd](args)
+        {"generate": cmd_generate, "demo": cmd_demo, "bench": cmd_bench, "rate": rate.main,
+         "train": cmd_train}[args.cmd](args)
     except (ValueError, TypeError) as e:
         raise SystemExit(f"proxdecode {args.cmd}: {e}")
 

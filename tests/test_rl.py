@@ -144,3 +144,20 @@ def test_a_few_updates_raise_a_rule_reward(tiny, algo):
     after = score()
     assert len(hist) == 8 and all(math.isfinite(h["loss"]) for h in hist)
     assert after > before + 0.5, (before, after)
+
+
+def test_cli_train_logs_metrics(real, tmp_path):
+    import json
+
+    from proxdecode.cli import main
+
+    log = tmp_path / "metrics.jsonl"
+    main(["train", "Today is a", "--reward", "ends-with:.", "--steps", "2", "--group-size", "2",
+          "--max-new-tokens", "4", "--train-layers", "1", "--lr", "1e-5", "--log", str(log)])
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    for r in rows:
+        assert {"reward", "kl", "entropy", "loss", "tokens_per_s", "rollout_s", "learn_s"} <= set(r)
+        assert math.isfinite(r["loss"]) and r["tokens_per_s"] > 0
+    with pytest.raises(SystemExit, match="lr must be in"):
+        main(["train", "x", "--reward", "ends-with", "--lr", "5", "--steps", "1"])

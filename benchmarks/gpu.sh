@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One-shot GPU check + benchmark (see benchmarks/gpu.py). Run from anywhere:
+#   benchmarks/gpu.sh            # on the GPU machine; results under $OUT or benchmarks/results
+#   benchmarks/gpu.sh --smoke    # on CPU, Triton's interpreter, tiny shapes
+# The hard timeout is a last resort: the script keeps its own deadline (--budget, 450 s)
+# and writes its JSON after every measurement.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python}"
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+exec timeout --signal=INT --kill-after=20 540 "$PY" benchmarks/gpu.py "$@"

@@ -1,0 +1,666 @@
+"""The decode step as one Triton kernel: logits in, one token per row out, no sort.
+
+Why
+---
+The torch reference (``proxdecode.step.sample_step``, the spec) makes a dozen or so passes
+over the ``[B, V]`` logits (``.float()``, ``amax``, ``isfinite``, ``where``,
+``logsumexp``, the penalty, the division by T, ``topk`` or a full ``sort``, ``softmax``,
+``cumsum``...), each a kernel launch that reads and writes fp32 ``[B, V]`` tensors. HF's
+``TopPLogitsWarper`` sorts the whole row. The step is memory-bound: its floor is one read
+of the logits. This kernel reads them twice in the common case (top-k <= 256) and writes
+only ``[B]`` outputs.
+
+Reference
+---------
+``proxdecode/step.py``. Per row: validity flag; repetition penalty; suppressed ids;
+``s = z / T``; top-k -> top-p -> min-p on ``s``; ``s + beta * R`` inside the set;
+Gumbel-max with ``u = philox(seed, step, token_id)`` (or argmax, lowest id on ties);
+log-prob under the steered set, log-prob under ``log_softmax(z)`` at T = 1.
+
+Kernel (one program per row, looping over V in ``BLOCK`` chunks)
+-----------------------------------------------------------------
+Pass 1 (read logits [+ seen]): flags NaN/+inf and "any finite"; the raw row's
+  log-sum-exp (online, per lane); of ``s``: per-lane maxima (lane ``l`` holds ids
+  ``l, l + BLOCK, ...``), per-lane finite minima, finite count.
+Top-k <= 256 ("tile" path, the usual case, e.g. HF's default top_k=50):
+  * a lower bound ``L`` on the k-th largest ``s``: the k-th largest *lane maximum* is
+    one (k lanes each hold a value >= it), found to 1/1024 of its range by five rounds
+    of four-way counting over the ``BLOCK`` lane maxima, in registers;
+  * pass 2 (read logits [+ seen] again): compact every finite ``s >= L`` with its id
+    into a per-row scratch of ``CAP = next_pow2(2k)`` slots (block prefix sums give the
+    slots). Typically ~k values land there;
+  * in registers on that tile: each candidate's rank under the order (value desc, id
+    asc) and the mass ranked above it, by pairwise comparison (``CAP x 16`` at a time);
+    keep rank < k (top-k), mass above < p * mass of the top-k (top-p), ``s >= max +
+    log(min_p)`` (min-p); read ``R`` at the kept ids only; Gumbel-max over them.
+  If more than ``CAP`` values pass ``L`` (heavy ties, adversarial layouts) the row
+  falls back to the general path below, inside the same kernel.
+General path (no top-k, top-k > 256, or the tile overflowed), sort-free threshold
+searches, each pass counting against NT = 16 thresholds at once (a 17-way search; the
+first pass spaces them geometrically below the max, where the boundary usually is):
+  * top-k: find the exact k-th largest value ``thr`` (stop early when
+    ``count(s >= t) == k``); the set is ``s > thr`` plus the lowest-id ties at ``thr``
+    needed to make exactly k (a running prefix count of ties in every later pass);
+  * top-p: bisect on a value ``t`` for the rule "keep a token while the mass ranked
+    strictly above it is < p": ``M(t) = sum(e^(s - max) for candidates s > t)``;
+    converge until one candidate (or one tied value) is left in ``(lo, hi]``; keep
+    ``s > lo``;
+  * final pass: the candidate mask, ``R`` read where the mask is set, an online
+    log-sum-exp of the steered scores and a running Gumbel-max (lowest id on ties).
+
+Memory traffic per step (e = 4 bytes fp32, 2 bf16; +1 byte per entry when a
+repetition penalty reads ``seen``): tile path ``2 * B * V * e`` plus ``O(B * k)``
+(scratch, reward gathers, outputs of 17 bytes per row); general path
+``(2 + n_k + n_p) * B * V * e`` with ``n_k``/``n_p`` the search passes (typically
+2-6 each in the interpreter tests) plus, with steering, the reward sectors that hold
+candidates. The reference moves roughly a dozen fp32 ``[B, V]`` reads and writes, plus a
+sort of every row when top-p runs without top-k.
+``return_scores`` adds a ``B * V * 4`` fill and a scatter of the kept scores.
+
+Exactness against the reference
+-------------------------------
+* Draws: ``tl.rand(seed, (step << 32) + id)`` is bit-exact with ``philox.uniform``;
+  the scores the noise is added to are computed with the same fp32 operations
+  (``div_rn`` for the divisions, no FMA contraction on GPU), so tokens are identical
+  except when two perturbed scores lie within a few ulps of each other (``log`` is
+  libdevice's on GPU, numpy's in the interpreter, torch's in the reference).
+* Top-k keeps exactly k: the lowest ids among ties at the k-th value. That is what
+  ``torch.topk`` on CUDA does as far as we know (its radix select fills the ties in index
+  order; ``benchmarks/gpu.py`` checks it); on CPU ``torch.topk``'s choice among ties is
+  unspecified, so there only the allowed set can be compared. HF's ``TopKLogitsWarper``
+  keeps every tie.
+* A general-path search that has not converged after ``MAX_ITERS`` passes keeps all of
+  its last bracket, a few tokens more than the rule. That takes values packed far more
+  densely than the row's range (thousands of logits within ~1e-20 of each other).
+* Top-p orders ties by id on the tile path (the reference's order among ties is its
+  sort's); the general path keeps a whole tied group at the boundary. Off ties, a token
+  can differ only when its mass-above is within fp32 rounding of ``p``.
+* A per-row ``top_p >= 1`` disables top-p for that row (the reference applies
+  ``mass_above < 1``, which can drop tail tokens whose mass rounds to 0).
+* Repetition penalty divides as torch does on the device (``z * fp32(1/rp)`` on CUDA,
+  ``z / rp`` on CPU). Scalar ``min_p`` uses ``math.log`` rounded to fp32 (the
+  reference's fp32 ``torch.log`` can be an ulp away: boundary cases only).
+* Invalid rows (NaN/+inf, or no finite logit): ``valid`` is False and the token,
+  in ``[0, V)``, and both log-probs are junk, as the reference says; they are not the
+  reference's junk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from proxdecode.step import StepOutput
+
+try:  # libdevice's logf matches CUDA's logf (what torch uses); absent in the interpreter
+    from triton.language.extra import libdevice
+except ImportError:  # pragma: no cover - very old triton
+    libdevice = None
+
+NEG_INF = float("-inf")
+KMAX_TILE = 256  # largest top_k served by the tile path (CAP = next_pow2(2k) <= 512)
+NT = 16  # thresholds tested per pass in the general searches
+MAX_ITERS = 16  # passes per general search (17-way each: far past fp32 resolution)
+
+
+# ----------------------------------------------------------------------------- helpers
+@triton.jit
+def _scores(logits_row, seen_row, offs, V, rp, inv_rp, temp, sup_ptr, S,
+            PENALTY: tl.constexpr, RP_RECIP: tl.constexpr, SUPPRESS: tl.constexpr):
+    """One chunk: raw logits ``z`` (fp32) and processed scores ``s`` (-inf off the row).
+
+    NaN and +inf become 0 in ``s``'s input so an invalid row cannot poison the searches
+    (its outputs are junk anyway); for a valid row this is the identity.
+    """
+    in_row = offs < V
+    z = tl.load(logits_row + offs, mask=in_row, other=float("-inf")).to(tl.float32)
+    zc = tl.where((z != z) | (z == float("inf")), 0.0, z)
+    s = zc
+    if PENALTY:  # HF: divide positive, multiply negative logits of seen tokens
+        seen = tl.load(seen_row + offs, mask=in_row, other=0) != 0
+        if RP_RECIP:  # torch on CUDA divides by a Python scalar as a * fp32(1 / b)
+            shrunk = zc * inv_rp
+        else:
+            shrunk = tl.math.div_rn(zc, rp)
+        s = tl.where(seen, tl.where(zc < 0, zc * rp, shrunk), zc)
+    if SUPPRESS:
+        for i in range(S):
+            s = tl.where(offs == tl.load(sup_ptr + i), float("-inf"), s)
+    s = tl.math.div_rn(s, temp)  # IEEE division, as torch's z / T
+    s = tl.where(in_row, s, float("-inf"))
+    return z, zc, s
+
+
+@triton.jit
+def _log(x, LIBDEVICE: tl.constexpr):
+    if LIBDEVICE:
+        return libdevice.log(x)
+    else:
+        return tl.log(x)
+
+
+@triton.jit
+def _lse_add(m, acc, x):
+    """Per-lane online log-sum-exp: fold ``x`` into (running max ``m``, scaled sum ``acc``)."""
+    m_new = tl.maximum(m, x)
+    empty = m_new == float("-inf")
+    acc = tl.where(empty, 0.0, acc * tl.exp(m - m_new) + tl.exp(x - m_new))
+    return m_new, acc
+
+
+@triton.jit
+def _lse_finish(m, acc):
+    top = tl.max(m, 0)
+    total = tl.sum(tl.where(m == float("-inf"), 0.0, acc * tl.exp(m - top)), 0)
+    return top + tl.log(total)
+
+
+@triton.jit
+def _thresholds(lo, hi, first, NT: tl.constexpr):
+    """``NT`` ascending thresholds inside ``(lo, hi)``: geometric below ``hi`` on the first
+    pass (distances (hi - lo) / 4, / 16, ...), evenly spaced afterwards."""
+    j = tl.arange(0, NT).to(tl.float32)
+    even = lo + (hi - lo) * ((j + 1.0) / (NT + 1.0))
+    geo = hi - (hi - lo) * tl.exp2(-2.0 * (j + 1.0))
+    return tl.where(first, geo, even)
+
+
+@triton.jit
+def _topk_mask(s, thr, need, carry):
+    """Top-k membership of one chunk: ``s > thr``, or a tie at ``thr`` among the first
+    ``need`` ties in id order (``carry`` = ties seen in earlier chunks)."""
+    finite = s > float("-inf")
+    tie = ((s == thr) & finite).to(tl.int32)
+    rank = carry + tl.cumsum(tie, 0) - tie
+    keep = finite & ((s > thr) | ((tie != 0) & (rank < need)))
+    return keep, carry + tl.sum(tie, 0)
+
+
+@triton.jit
+def _kth_lower_bound(x, k, hi0, NTL: tl.constexpr, ROUNDS: tl.constexpr):
+    """A value ``L`` with ``count(x >= L) >= k``, close to the k-th largest of ``x``
+    ([N] in registers); -inf when fewer than k entries are finite."""
+    finite = x > float("-inf")
+    n = tl.sum(finite.to(tl.int32), 0)
+    lo = tl.min(tl.where(finite, x, float("inf")), 0)
+    hi = hi0
+    for _ in tl.static_range(ROUNDS):
+        j = tl.arange(0, NTL).to(tl.float32)
+        t = lo + (hi - lo) * ((j + 1.0) / NTL)  # [NTL], the last one is hi
+        cnt = tl.sum((x[:, None] >= t[None, :]).to(tl.int32), 0)  # [NTL]
+        ok = cnt >= k
+        lo = tl.maximum(lo, tl.max(tl.where(ok, t, lo), 0))
+        hi = tl.min(tl.where(ok, hi, t), 0)
+    return tl.where(n >= k, lo, float("-inf"))
+
+
+# ----------------------------------------------------------------------------- tile path
+@triton.jit
+def _tile_pick(sv_row, si_row, c, k, m_s, top_p, log_min_p, reward_row, steer, seed, step,
+               dense_row, V, CAP: tl.constexpr, JB: tl.constexpr, TOPP: tl.constexpr,
+               MINP: tl.constexpr, REWARD: tl.constexpr, DO_SAMPLE: tl.constexpr,
+               DENSE: tl.constexpr, LIBDEVICE: tl.constexpr):
+    """Top-k / top-p / min-p, steering and the pick on the ``c <= CAP`` compacted candidates.
+
+    Returns (token or V if none, its steered score, log-sum-exp of the kept scores).
+    """
+    j = tl.arange(0, CAP)
+    live = j < c
+    v = tl.load(sv_row + j, mask=live, other=float("-inf"))  # [CAP]
+    ids = tl.load(si_row + j, mask=live, other=V)  # [CAP] int32
+    rank = tl.zeros([CAP], dtype=tl.int32)
+    mass_above = tl.zeros([CAP], dtype=tl.float32)
+    for jb in range(0, CAP, JB):
+        jj = jb + tl.arange(0, JB)
+        live_j = jj < c
+        vj = tl.load(sv_row + jj, mask=live_j, other=float("-inf"))  # [JB]
+        idj = tl.load(si_row + jj, mask=live_j, other=V)
+        above = (vj[None, :] > v[:, None]) | ((vj[None, :] == v[:, None]) & (idj[None, :] < ids[:, None]))
+        above = above & live_j[None, :]  # [CAP, JB]: j ranks before i (value desc, id asc)
+        rank += tl.sum(above.to(tl.int32), 1)
+        if TOPP:
+            ej = tl.where(live_j, tl.exp(vj - m_s), 0.0)
+            mass_above += tl.sum(tl.where(above, ej[None, :], 0.0), 1)
+    keep = live & (rank < k)
+    if TOPP:  # everything ranked above a top-k member is a top-k member: mass_above is exact
+        z_k = tl.sum(tl.where(keep, tl.exp(v - m_s), 0.0), 0)
+        limit = tl.where(top_p >= 1.0, float("inf"), top_p * z_k)  # p >= 1: top-p is off
+        keep = keep & (mass_above < limit)
+    if MINP:
+        keep = keep & (v >= m_s + log_min_p)
+    score = v
+    if REWARD:
+        r = tl.load(reward_row + ids, mask=keep, other=0.0)
+        score = v + steer * r
+    score = tl.where(keep, score, float("-inf"))  # [CAP]
+    top = tl.max(score, 0)
+    lse = top + tl.log(tl.sum(tl.where(keep, tl.exp(score - top), 0.0), 0))
+    if DO_SAMPLE:
+        u = tl.rand(seed, ids.to(tl.int64) + (step.to(tl.int64) << 32))
+        key = tl.where(keep, score - _log(-_log(u, LIBDEVICE), LIBDEVICE), float("-inf"))
+    else:
+        key = score
+    best = tl.max(key, 0)
+    tok = tl.min(tl.where(keep & (key == best), ids, V), 0)
+    score_tok = tl.max(tl.where(ids == tok, score, float("-inf")), 0)
+    if DENSE:
+        tl.store(dense_row + ids, score, mask=keep)
+    return tok, score_tok, lse
+
+
+# ----------------------------------------------------------------------------- general path
+@triton.jit
+def _topk_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s, s_min, n_fin,
+                 SUB: tl.constexpr, NT: tl.constexpr, MAX_ITERS: tl.constexpr,
+                 PENALTY: tl.constexpr, RP_RECIP: tl.constexpr, SUPPRESS: tl.constexpr):
+    """The k-th largest ``s`` (``thr``) and how many ties at ``thr`` top-k takes (``need``).
+
+    Invariant: ``count(s >= lo) >= k > count(s >= hi)``. Ends when ``count(s >= lo) == k``
+    (then every ``s >= lo`` is in) or when no float lies between lo and hi (then lo is
+    the k-th value and ``count(s > lo) = count(s >= hi)``).
+    """
+    lo = s_min
+    hi = m_s + tl.maximum(tl.abs(m_s) * 1e-6, 1e-30)
+    cnt_lo = n_fin
+    cnt_hi = n_fin * 0
+    it = 0
+    done = (cnt_lo == k).to(tl.int32)
+    while (it < MAX_ITERS) & (done == 0):
+        t = _thresholds(lo, hi, it == 0, NT)  # [NT]
+        cnt = tl.zeros([NT], dtype=tl.int32)
+        for start in range(0, V, SUB):
+            offs = start + tl.arange(0, SUB)
+            _z, _zc, s = _scores(logits_row, seen_row, offs, V, rp, inv_rp, temp, sup_ptr, S,
+                                 PENALTY, RP_RECIP, SUPPRESS)
+            cnt += tl.sum((s[:, None] >= t[None, :]).to(tl.int32), 0)  # [SUB, NT] -> [NT]
+        ok = cnt >= k
+        lo = tl.maximum(lo, tl.max(tl.where(ok, t, lo), 0))
+        cnt_lo = tl.minimum(cnt_lo, tl.min(tl.where(ok, cnt, cnt_lo), 0))
+        hi = tl.minimum(hi, tl.min(tl.where(ok, hi, t), 0))
+        cnt_hi = tl.maximum(cnt_hi, tl.max(tl.where(ok, cnt_hi, cnt), 0))
+        mid = lo + (hi - lo) * 0.5
+        done = ((cnt_lo == k) | (mid <= lo) | (mid >= hi)).to(tl.int32)
+        it += 1
+    need = tl.where(cnt_lo == k, k, k - cnt_hi)
+    return lo, need
+
+
+@triton.jit
+def _topp_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, thr, need, top_p, m_s,
+                 s_min, SUB: tl.constexpr, NT: tl.constexpr, MAX_ITERS: tl.constexpr,
+                 PENALTY: tl.constexpr, RP_RECIP: tl.constexpr, SUPPRESS: tl.constexpr):
+    """``lo`` such that top-p keeps exactly the candidates ``s > lo``.
+
+    ``M(t)`` = mass of candidates ``s > t``; a candidate ``v`` is kept iff
+    ``M(v) < p * Z``. Invariant: ``M(lo) >= p Z > M(hi)``, so the lowest kept value lies
+    in ``(lo, hi]``; stop when that interval holds one candidate or one float.
+    """
+    base = tl.where(thr > float("-inf"), thr, s_min)  # every candidate is >= base
+    lo = base - tl.maximum(tl.abs(base) * 1e-6, 1e-30)
+    hi = m_s
+    cnt_lo = tl.zeros([], dtype=tl.int32)
+    cnt_hi = tl.zeros([], dtype=tl.int32)
+    it = 0
+    done = 0
+    while (it < MAX_ITERS) & (done == 0):
+        t = _thresholds(lo, hi, it == 0, NT)  # [NT]
+        mass = tl.zeros([NT], dtype=tl.float32)
+        cnt = tl.zeros([NT], dtype=tl.int32)
+        z_all = tl.zeros([SUB], dtype=tl.float32)
+        n_all = tl.zeros([SUB], dtype=tl.int32)
+        carry = tl.zeros([], dtype=tl.int32)
+        for start in range(0, V, SUB):
+            offs = start + tl.arange(0, SUB)
+            _z, _zc, s = _scores(logits_row, seen_row, offs, V, rp, inv_rp, temp, sup_ptr, S,
+                                 PENALTY, RP_RECIP, SUPPRESS)
+            cand, carry = _topk_mask(s, thr, need, carry)
+            e = tl.where(cand, tl.exp(s - m_s), 0.0)  # [SUB]
+            gt = (s[:, None] > t[None, :]) & cand[:, None]  # [SUB, NT]
+            mass += tl.sum(tl.where(gt, e[:, None], 0.0), 0)
+            cnt += tl.sum(gt.to(tl.int32), 0)
+            z_all += e
+            n_all += cand.to(tl.int32)
+        target = top_p * tl.sum(z_all, 0)
+        cnt_lo = tl.where(it == 0, tl.sum(n_all, 0), cnt_lo)
+        ok = mass >= target
+        lo = tl.maximum(lo, tl.max(tl.where(ok, t, lo), 0))
+        cnt_lo = tl.minimum(cnt_lo, tl.min(tl.where(ok, cnt, cnt_lo), 0))
+        hi = tl.minimum(hi, tl.min(tl.where(ok, hi, t), 0))
+        cnt_hi = tl.maximum(cnt_hi, tl.max(tl.where(ok, cnt_hi, cnt), 0))
+        mid = lo + (hi - lo) * 0.5
+        done = ((cnt_lo - cnt_hi <= 1) | (mid <= lo) | (mid >= hi)).to(tl.int32)
+        it += 1
+    return lo
+
+
+@triton.jit
+def _general_pick(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s, s_min, n_fin,
+                  top_p, log_min_p, reward_row, steer, seed, step, dense_row,
+                  BLOCK: tl.constexpr, SUB: tl.constexpr, NT: tl.constexpr,
+                  MAX_ITERS: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, MINP: tl.constexpr,
+                  PENALTY: tl.constexpr, RP_RECIP: tl.constexpr, SUPPRESS: tl.constexpr,
+                  REWARD: tl.constexpr, DO_SAMPLE: tl.constexpr, DENSE: tl.constexpr,
+                  LIBDEVICE: tl.constexpr):
+    """Threshold searches over the row, then one pass that steers and picks.
+
+    Returns (token or V if none, its steered score, log-sum-exp of the kept scores).
+    """
+    thr = tl.full([], float("-inf"), tl.float32)
+    need = tl.zeros([], dtype=tl.int32)
+    if TOPK:
+        if n_fin > k:  # otherwise every finite value is in the top k
+            thr, need = _topk_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k,
+                                     m_s, s_min, n_fin, SUB, NT, MAX_ITERS,
+                                     PENALTY, RP_RECIP, SUPPRESS)
+    lo_p = tl.full([], float("-inf"), tl.float32)
+    if TOPP:
+        if (top_p < 1.0) & (n_fin > 0):
+            lo_p = _topp_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, thr, need,
+                                top_p, m_s, s_min, SUB, NT, MAX_ITERS,
+                                PENALTY, RP_RECIP, SUPPRESS)
+
+    lane_m = tl.full([BLOCK], float("-inf"), tl.float32)
+    lane_acc = tl.zeros([BLOCK], dtype=tl.float32)
+    best = tl.full([], float("-inf"), tl.float32)
+    best_id = tl.full([], 0, tl.int32) + V
+    best_score = tl.full([], float("-inf"), tl.float32)
+    carry = tl.zeros([], dtype=tl.int32)
+    for start in range(0, V, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        _z, _zc, s = _scores(logits_row, seen_row, offs, V, rp, inv_rp, temp, sup_ptr, S,
+                             PENALTY, RP_RECIP, SUPPRESS)
+        cand, carry = _topk_mask(s, thr, need, carry)
+        if TOPP:
+            cand = cand & (s > lo_p)
+        if MINP:
+            cand = cand & (s >= m_s + log_min_p)
+        score = s
+        if REWARD:
+            r = tl.load(reward_row + offs, mask=cand, other=0.0)
+            score = s + steer * r
+        score = tl.where(cand, score, float("-inf"))  # [BLOCK]
+        lane_m, lane_acc = _lse_add(lane_m, lane_acc, score)
+        if DO_SAMPLE:
+            u = tl.rand(seed, offs.to(tl.int64) + (step.to(tl.int64) << 32))
+            key = tl.where(cand, score - _log(-_log(u, LIBDEVICE), LIBDEVICE), float("-inf"))
+        else:
+            key = score
+        c_best = tl.max(key, 0)
+        c_id = tl.min(tl.where(cand & (key == c_best), offs, V), 0)
+        c_score = tl.max(tl.where(offs == c_id, score, float("-inf")), 0)
+        take = c_best > best  # strict: an earlier chunk (lower ids) wins a tie
+        best = tl.where(take, c_best, best)
+        best_id = tl.where(take, c_id, best_id)
+        best_score = tl.where(take, c_score, best_score)
+        if DENSE:
+            tl.store(dense_row + offs, score, mask=cand)
+    return best_id, best_score, _lse_finish(lane_m, lane_acc)
+
+
+# ----------------------------------------------------------------------------- the kernel
+@triton.jit(do_not_specialize=["step", "k", "S"])
+def _sample_step_kernel(
+    logits_ptr, stride_l, V, seeds_ptr, step,
+    temp_ptr, temp_val, top_p_ptr, top_p_val, log_min_p_ptr, log_min_p_val, k,
+    rp, inv_rp, seen_ptr, stride_seen, sup_ptr, S, reward_ptr, stride_r, steer,
+    sv_ptr, si_ptr, tok_ptr, lp_ptr, plp_ptr, valid_ptr, dense_ptr,
+    BLOCK: tl.constexpr, SUB: tl.constexpr, NT: tl.constexpr, MAX_ITERS: tl.constexpr,
+    CAP: tl.constexpr,
+    JB: tl.constexpr, TILE: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr,
+    MINP: tl.constexpr, T_ROW: tl.constexpr, P_ROW: tl.constexpr, MINP_ROW: tl.constexpr,
+    PENALTY: tl.constexpr, RP_RECIP: tl.constexpr, SUPPRESS: tl.constexpr,
+    REWARD: tl.constexpr, DO_SAMPLE: tl.constexpr, DENSE: tl.constexpr,
+    LIBDEVICE: tl.constexpr,
+):
+    row = tl.program_id(0)
+    row64 = row.to(tl.int64)
+    logits_row = logits_ptr + row64 * stride_l
+    seen_row = seen_ptr + row64 * stride_seen
+    reward_row = reward_ptr + row64 * stride_r
+    dense_row = dense_ptr + row64 * V
+    seed = tl.load(seeds_ptr + row)
+    zero = tl.zeros([], dtype=tl.float32)  # makes scalar arguments fp32 tensors
+    temp = tl.load(temp_ptr + row) if T_ROW else temp_val + zero
+    top_p = tl.load(top_p_ptr + row) if P_ROW else top_p_val + zero
+    log_min_p = tl.load(log_min_p_ptr + row) if MINP_ROW else log_min_p_val + zero
+
+    # Pass 1: validity, the raw row's log-sum-exp, per-lane statistics of s.
+    bad = tl.zeros([BLOCK], dtype=tl.int32)
+    raw_finite = tl.zeros([BLOCK], dtype=tl.int32)
+    pm = tl.full([BLOCK], float("-inf"), tl.float32)
+    pacc = tl.zeros([BLOCK], dtype=tl.float32)
+    lane_max = tl.full([BLOCK], float("-inf"), tl.float32)
+    lane_min = tl.full([BLOCK], float("inf"), tl.float32)
+    lane_fin = tl.zeros([BLOCK], dtype=tl.int32)
+    for start in range(0, V, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        z, zc, s = _scores(logits_row, seen_row, offs, V, rp, inv_rp, temp, sup_ptr, S,
+                           PENALTY, RP_RECIP, SUPPRESS)
+        bad = tl.maximum(bad, ((z != z) | (z == float("inf"))).to(tl.int32))
+        raw_finite = tl.maximum(raw_finite, ((z > float("-inf")) & (z < float("inf"))).to(tl.int32))
+        pm, pacc = _lse_add(pm, pacc, zc)
+        finite = s > float("-inf")
+        lane_max = tl.maximum(lane_max, s)
+        lane_min = tl.minimum(lane_min, tl.where(finite, s, float("inf")))
+        lane_fin += finite.to(tl.int32)
+    valid = (tl.max(bad, 0) == 0) & (tl.max(raw_finite, 0) > 0)
+    policy_lse = _lse_finish(pm, pacc)
+    m_s = tl.max(lane_max, 0)
+    s_min = tl.min(lane_min, 0)
+    n_fin = tl.sum(lane_fin, 0)
+
+    if TILE:
+        # Pass 2: compact every finite s >= L (L <= the k-th largest s) into the scratch.
+        bound = _kth_lower_bound(lane_max, k, m_s, 4, 5)
+        sv_row = sv_ptr + row64 * CAP
+        si_row = si_ptr + row64 * CAP
+        c = tl.zeros([], dtype=tl.int32)
+        for start in range(0, V, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            _z, _zc, s = _scores(logits_row, seen_row, offs, V, rp, inv_rp, temp, sup_ptr, S,
+                                 PENALTY, RP_RECIP, SUPPRESS)
+            take = ((s >= bound) & (s > float("-inf"))).to(tl.int32)
+            slot = c + tl.cumsum(take, 0) - 1
+            write = (take != 0) & (slot < CAP)
+            tl.store(sv_row + slot, s, mask=write)
+            tl.store(si_row + slot, offs, mask=write)
+            c += tl.sum(take, 0)
+        tl.debug_barrier()  # the scratch is written and read by different threads
+        if c <= CAP:
+            tok, score_tok, lse = _tile_pick(sv_row, si_row, c, k, m_s, top_p, log_min_p,
+                                             reward_row, steer, seed, step, dense_row, V,
+                                             CAP, JB, TOPP, MINP, REWARD, DO_SAMPLE, DENSE,
+                                             LIBDEVICE)
+        else:
+            tok, score_tok, lse = _general_pick(logits_row, seen_row, V, rp, inv_rp, temp,
+                                                sup_ptr, S, k, m_s, s_min, n_fin, top_p,
+                                                log_min_p, reward_row, steer, seed, step,
+                                                dense_row, BLOCK, SUB, NT, MAX_ITERS, TOPK, TOPP,
+                                                MINP, PENALTY, RP_RECIP, SUPPRESS, REWARD,
+                                                DO_SAMPLE, DENSE, LIBDEVICE)
+    else:
+        tok, score_tok, lse = _general_pick(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr,
+                                            S, k, m_s, s_min, n_fin, top_p, log_min_p,
+                                            reward_row, steer, seed, step, dense_row, BLOCK,
+                                            SUB, NT, MAX_ITERS, TOPK, TOPP, MINP, PENALTY, RP_RECIP,
+                                            SUPPRESS, REWARD, DO_SAMPLE, DENSE, LIBDEVICE)
+
+    tok = tl.where(tok < V, tok, 0)  # nothing kept (invalid row): any in-range id
+    logprob = score_tok - lse
+    z_tok = tl.load(logits_row + tok).to(tl.float32)
+    z_tok = tl.where((z_tok != z_tok) | (z_tok == float("inf")), 0.0, z_tok)
+    valid = valid & (logprob == logprob) & (tl.abs(logprob) < float("inf"))
+    tl.store(tok_ptr + row, tok.to(tl.int64))
+    tl.store(lp_ptr + row, logprob)
+    tl.store(plp_ptr + row, z_tok - policy_lse)
+    tl.store(valid_ptr + row, valid.to(tl.int8))
+
+
+# ----------------------------------------------------------------------------- launcher
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _autotune_wanted(device: torch.device) -> bool:
+    return (device.type == "cuda" and not _interpreting()
+            and os.environ.get("PROXDECODE_TRITON_AUTOTUNE", "1") != "0")
+
+
+# Multi-config autotune only on a real GPU (it fails in the interpreter). Keyed on the
+# vocabulary and the path; every config computes the same result (idempotent outputs).
+_autotuned = triton.autotune(
+    configs=[triton.Config({"BLOCK": b, "SUB": b // NT}, num_warps=w)
+             for b, w in ((1024, 4), (2048, 8), (4096, 16))],
+    key=["V", "TILE", "TOPP", "DO_SAMPLE"],
+)(_sample_step_kernel)
+
+GPU_BLOCK, GPU_WARPS = 2048, 8  # the fixed config when autotune is off
+# The interpreter pays per operation, not per element: one wide chunk per pass is fastest
+# there (tests lower this to exercise the multi-chunk loops).
+INTERPRET_MAX_BLOCK = 8192
+
+
+def _row_param(x, batch: int, device) -> tuple[bool, torch.Tensor | None, float]:
+    """A scalar or per-row parameter: (per_row, [B] fp32 tensor or None, scalar value)."""
+    if isinstance(x, torch.Tensor):
+        t = x.to(device=device, dtype=torch.float32)
+        t = t.expand(batch) if t.ndim == 0 else t.reshape(batch)
+        return True, t.contiguous(), 1.0
+    return False, None, float(x)
+
+
+def sample_step_triton(
+    logits: torch.Tensor,
+    *,
+    seeds: torch.Tensor,
+    step: int,
+    do_sample: bool = True,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int = 0,
+    top_p: float | torch.Tensor = 1.0,
+    min_p: float | torch.Tensor = 0.0,
+    repetition_penalty: float = 1.0,
+    seen: torch.Tensor | None = None,
+    suppress: torch.Tensor | None = None,
+    reward: torch.Tensor | None = None,
+    steer: float = 0.0,
+    return_scores: bool = False,
+) -> StepOutput:
+    """Choose one token per row with one fused Triton kernel (same contract as ``sample_step``).
+
+    Args:
+        logits: ``[B, V]`` fp32/bf16/fp16 next-token logits (last dim contiguous, any row
+            stride); read only, never modified.
+        seeds: ``[B]`` int64 Philox keys, one per row, in [0, 2**63).
+        step: decode step index, the Philox counter's second word, ``0 <= step < 2**32``.
+        do_sample: Gumbel-max sampling if True, argmax (lowest id on ties) if False.
+        temperature: Python number or ``[B]`` tensor, > 0.
+        top_k: keep the ``top_k`` largest scores (exactly k; lowest ids among ties at the
+            k-th value); 0 or ``>= V`` disables. ``top_k <= 256`` takes the two-pass tile path.
+        top_p: number or ``[B]`` in (0, 1]; a number >= 1 disables; a row's value >= 1
+            disables it for that row.
+        min_p: number or ``[B]`` in [0, 1]; a number <= 0 disables.
+        repetition_penalty: > 0, applied to the ids marked in ``seen``.
+        seen: ``[B, V]`` bool, tokens present in each row so far.
+        suppress: ``[S]`` int64 ids set to -inf this step (e.g. EOS before min_new_tokens).
+        reward: ``[B, V]`` proximal rewards (fp32; other dtypes are converted, a copy);
+            read only at candidate ids.
+        steer: beta, the weight of ``reward`` inside the candidate set.
+        return_scores: also return the dense ``[B, V]`` fp32 scores sampled from, -inf
+            outside the candidate set (one extra fill and scatter).
+
+    Returns:
+        ``StepOutput`` on ``logits.device``: ``tokens`` int64 ``[B]``, ``logprobs`` fp32
+        ``[B]`` under the steered filtered distribution, ``policy_logprobs`` fp32 ``[B]``
+        (``log_softmax`` of the raw logits at T = 1), ``valid`` bool ``[B]``, ``scores``.
+
+    Out of place; no host sync (scalars are kernel arguments, per-row parameters are read
+    on the device; the only host work is shape checks and one launch). Under
+    ``TRITON_INTERPRET=1`` it runs on CPU tensors, slowly.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [B, V], got shape {tuple(logits.shape)}")
+    B, V = logits.shape
+    device = logits.device
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    seeds = seeds.to(device=device, dtype=torch.int64).contiguous()
+
+    tokens = torch.empty(B, dtype=torch.int64, device=device)
+    logprobs = torch.empty(B, dtype=torch.float32, device=device)
+    policy = torch.empty(B, dtype=torch.float32, device=device)
+    valid = torch.empty(B, dtype=torch.uint8, device=device)
+    dummy_f = logprobs  # a pointer for arguments a constexpr switches off
+    if B == 0:
+        return StepOutput(tokens, logprobs, policy, valid.bool(),
+                          torch.empty(0, V, device=device) if return_scores else None)
+
+    t_row, t_ptr, t_val = _row_param(temperature, B, device)
+    topp = not (not isinstance(top_p, torch.Tensor) and top_p >= 1.0)
+    p_row, p_ptr, p_val = _row_param(top_p, B, device)
+    minp = not (not isinstance(min_p, torch.Tensor) and min_p <= 0.0)
+    if isinstance(min_p, torch.Tensor):
+        mp_row, mp_ptr, mp_val = True, torch.log(_row_param(min_p, B, device)[1]), 0.0
+    else:
+        mp_row, mp_ptr, mp_val = False, None, math.log(min_p) if min_p > 0 else NEG_INF
+
+    topk = 0 < top_k < V
+    penalty = repetition_penalty != 1.0 and seen is not None
+    if penalty:
+        if seen.stride(1) != 1:
+            seen = seen.contiguous()
+        seen_arg = seen.view(torch.uint8) if seen.dtype == torch.bool else seen
+        stride_seen = seen_arg.stride(0)
+    else:
+        seen_arg, stride_seen = valid, 0
+    rp = float(repetition_penalty)
+    # fp32(1 / fp32(rp)), computed on the host as torch's CUDA division by a scalar does
+    inv_rp = (torch.tensor(1.0) / torch.tensor(rp, dtype=torch.float32)).item() if penalty else 1.0
+    has_sup = suppress is not None and suppress.numel() > 0
+    sup = suppress.to(device=device, dtype=torch.int64).reshape(-1).contiguous() if has_sup else tokens
+    use_reward = reward is not None and steer != 0.0
+    if use_reward:
+        reward = reward.float() if reward.dtype != torch.float32 else reward
+        if reward.stride(1) != 1:
+            reward = reward.contiguous()
+        reward_arg, stride_r = reward, reward.stride(0)
+    else:
+        reward_arg, stride_r = dummy_f, 0
+    dense = torch.full((B, V), NEG_INF, dtype=torch.float32, device=device) if return_scores else dummy_f
+
+    autotune = _autotune_wanted(device)
+    if _interpreting():
+        fixed_block = min(INTERPRET_MAX_BLOCK, max(16, triton.next_power_of_2(V)))
+        sub = fixed_block  # searches: [SUB, NT] tiles; width is free in numpy
+    else:
+        fixed_block, sub = GPU_BLOCK, GPU_BLOCK // NT  # [SUB, NT] = BLOCK values in registers
+    tile = topk and top_k <= min(KMAX_TILE, 1024 if autotune else fixed_block)
+    cap = max(16, triton.next_power_of_2(2 * top_k)) if tile else 16
+    if tile:
+        sv = torch.empty(B, cap, dtype=torch.float32, device=device)
+        si = torch.empty(B, cap, dtype=torch.int32, device=device)
+    else:
+        sv, si = dummy_f, tokens
+
+    args = (logits, logits.stride(0), V, seeds, int(step),
+            t_ptr if t_row else dummy_f, t_val, p_ptr if p_row else dummy_f, p_val,
+            mp_ptr if mp_row else dummy_f, mp_val, int(top_k),
+            rp, inv_rp, seen_arg, stride_seen, sup, sup.numel() if has_sup else 0,
+            reward_arg, stride_r, float(steer),
+            sv, si, tokens, logprobs, policy, valid, dense)
+    flags = dict(NT=NT, MAX_ITERS=MAX_ITERS, CAP=cap, JB=16, TILE=tile, TOPK=topk, TOPP=topp,
+                 MINP=minp, T_ROW=t_row, P_ROW=p_row, MINP_ROW=mp_row, PENALTY=penalty,
+                 RP_RECIP=device.type == "cuda", SUPPRESS=has_sup, REWARD=use_reward,
+                 DO_SAMPLE=bool(do_sample), DENSE=bool(return_scores),
+                 LIBDEVICE=device.type == "cuda" and not _interpreting() and libdevice is not None)
+    if autotune:
+        _autotuned[(B,)](*args, **flags, enable_fp_fusion=False)
+    else:
+        _sample_step_kernel[(B,)](*args, BLOCK=fixed_block, SUB=sub, **flags,
+                                  num_warps=GPU_WARPS, enable_fp_fusion=False)
+    return StepOutput(tokens, logprobs, policy, valid.view(torch.bool),
+                      dense if return_scores else None)
