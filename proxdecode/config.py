@@ -37,8 +37,11 @@ _INACTIVE_WHEN = {
     "output_attentions": (None, False), "output_hidden_states": (None, False),
     "renormalize_logits": (None, False), "remove_invalid_values": (None, False),
     "watermarking_config": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
-    "encoder_repetition_penalty": (None, 1.0), "use_cache": (None, True),
+    "encoder_repetition_penalty": (None, 1.0),
 }
+# ``use_cache`` is accepted either way: the engine always decodes with the cache it owns, and
+# HF's outputs do not depend on it (trainers such as TRL set it False for gradient
+# checkpointing, which must not stop the same model from being a rollout policy).
 
 
 def _hf_penalty_skips_left_padding() -> bool:

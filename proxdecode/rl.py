@@ -155,7 +155,8 @@ def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, k
         raise FloatingPointError("a gradient is NaN or inf; no step taken, the weights are unchanged")
     optimizer.step()
     model.eval()
-    return {"loss": float(loss), "kl": float(kl), "entropy": float(ent), "grad_norm": float(norm),
+    return {"loss": float(loss.detach()), "kl": float(kl.detach()), "entropy": float(ent.detach()),
+            "grad_norm": float(norm),
             "reward": float((rollout.rewards * rollout.mask).sum(1).mean()),
             "ratio_weight": float(_masked_mean(weights, mask))}
 

@@ -1,5 +1,7 @@
 """TRL bridge: the GRPO reward function against pd.generate's own rewards, inside GRPOTrainer."""
 
+import copy
+
 import pytest
 import torch
 
@@ -58,7 +60,9 @@ def test_grpo_trainer_runs_with_the_reward_function(tiny, tmp_path):
     from datasets import Dataset
 
     model, tok = tiny
-    model = type(model)(model.config)  # a fresh copy: the session fixture stays untouched
+    # a fresh copy, config included (TRL's gradient checkpointing sets config.use_cache=False):
+    # the session fixture stays untouched
+    model = type(model)(copy.deepcopy(model.config))
     model.load_state_dict(pd.random_model("tiny", seed=0)[0].state_dict())
     data = Dataset.from_dict({"prompt": ["I like to eat", "Today is a", "My favourite fruit", "Yesterday"]})
     cfg = trl.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,

@@ -41,7 +41,11 @@ def token_strings(tokenizer) -> tuple[list[str], torch.Tensor]:
     V = len(tokenizer)
     strings = tokenizer.batch_decode([[i] for i in range(V)], clean_up_tokenization_spaces=False)
     special = torch.zeros(V, dtype=torch.bool)
-    special[[i for i in tokenizer.all_special_ids if i < V]] = True
+    # all_special_ids misses added tokens flagged special outside the named slots
+    # (SmolLM2's <repo_name>, <file_sep>, ... ids 3-16)
+    ids = set(tokenizer.all_special_ids)
+    ids |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+    special[[i for i in ids if i < V]] = True
     _STRINGS_CACHE[id(tokenizer)] = (tokenizer, strings, special)
     return strings, special
 
