@@ -75,11 +75,12 @@ def _repeats(seq, n, start=0):
     return count
 
 
-def _length(seq, special, lo, hi):
+def _length(seq, special, lo, hi, eos):
     count, total = 0, 0
     for a in seq:
         if a in special:
             total -= lo is not None and count < lo
+            total -= hi is not None and count >= hi and a != eos
         else:
             total -= hi is not None and count >= hi
             count += 1
@@ -105,7 +106,8 @@ def _cap(text, first=False):
 
 
 def _specials(tok):
-    return set(tok.all_special_ids)
+    # the named special tokens and the added tokens flagged special (SmolLM2's ids 3-16)
+    return set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
 
 
 # ---------------------------------------------------------------- Repetition
@@ -227,7 +229,7 @@ def test_length_matches_token_count_rule(tiny, lo, hi, eos):
     texts = TEXTS + ["mid<|im_start|>row special", "<|endoftext|>"]
     totals, ids = teacher_force(rewards, tok, texts, eos=eos)
     sp = _specials(tok)
-    assert totals["length"].tolist() == [2.0 * _length(r, sp, lo, hi) for r in ids]
+    assert totals["length"].tolist() == [2.0 * _length(r, sp, lo, hi, tok.eos_token_id) for r in ids]
     # the engine's case, only the final EOS special: -[L < min] - max(0, L - max)
     for b, r in enumerate(ids[: len(TEXTS)]):
         L = len([a for a in r if a not in sp])
@@ -397,7 +399,7 @@ def test_length_steering_shortens(tiny):
     lens = []
     for out in outs:
         rows = _texts(tok, out)
-        want = [float(_length(r, sp, None, 4)) for r in rows]
+        want = [float(_length(r, sp, None, 4, tok.eos_token_id)) for r in rows]
         assert out.reward_components["length"].sum(1).tolist() == want
         lens.append(sum(len(r) for r in rows) / len(rows))
     assert lens[1] < lens[0] - 4, lens

@@ -160,9 +160,10 @@ class Length(Reward):
       a row that ended short *without* one (out of ``max_new_tokens``, or a stop string)
       gets the -1 as its terminal reward instead, so every too-short completion costs -1
       exactly once;
-    - ``max_tokens``: a non-special token chosen once the length has reached
-      ``max_tokens`` scores -1 (EOS scores 0 there), so steering favours stopping and a
-      row pays one per extra token.
+    - ``max_tokens``: any token but the tokenizer's EOS chosen once the length has
+      reached ``max_tokens`` scores -1 (EOS scores 0 there), so steering favours stopping
+      and a row pays one per extra token. Other special tokens are not free past the
+      budget: they add no text, but emitting them forever is no way to stop.
 
     A row whose only special token is its final EOS (the engine's case) sums to
     ``-[L < min_tokens] - max(0, L - max_tokens)`` for its ``L`` completion tokens.
@@ -187,10 +188,14 @@ class Length(Reward):
 
     def bind(self, tokenizer) -> None:
         _, self._special = token_strings(tokenizer)
+        self._not_eos = torch.ones_like(self._special)
+        if tokenizer.eos_token_id is not None:
+            self._not_eos[tokenizer.eos_token_id] = False
 
     def init(self, ctx):
         B, dev = ctx.batch, ctx.device
         return {"special": _pad_vocab(self._special, ctx.vocab, False).to(dev),
+                "not_eos": _pad_vocab(self._not_eos, ctx.vocab, False).to(dev),
                 "text": _pad_vocab(~self._special, ctx.vocab, False).to(dev),  # padding rows: neither
                 "count": torch.zeros(B, dtype=torch.long, device=dev),
                 "last_special": torch.zeros(B, dtype=torch.bool, device=dev)}
@@ -201,7 +206,7 @@ class Length(Reward):
         if self.min_tokens is not None:
             out -= ((count < self.min_tokens) & st["special"][None, :]).float()
         if self.max_tokens is not None:
-            out -= ((count >= self.max_tokens) & st["text"][None, :]).float()
+            out -= ((count >= self.max_tokens) & st["not_eos"][None, :]).float()
         return out
 
     def update(self, st, tokens, alive):

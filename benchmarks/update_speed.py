@@ -1,0 +1,142 @@
+"""Where the time of one on-policy update goes: rollout, reward, learning.
+
+An RL step with proximal rewards needs, per update, a batch of sampled continuations, the
+reward of every generated token, and one gradient step. The usual way to get the first two
+is HF ``generate`` followed by the rewards in Python: decode each prefix of each row and
+score it (the seed's ``get_reward`` and TextBlob polarity), the per-token reward being the
+difference of consecutive prefix scores, then the returns by a loop. ``pd.generate`` does
+both inside the decode loop, on the logits' device.
+
+Both paths produce the same kind of signal (per-token rewards of the same families, the
+discounted returns) for the same batch; they are timed in one process, alternating, median
+of ``--runs``. The learning part (``pd.rl.update``, REINFORCE, full model) is the same for
+both and is timed once per round on the pd rollout.
+
+    python benchmarks/update_speed.py        # writes benchmarks/results/update-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import proxdecode as pd
+from proxdecode import rl
+from proxdecode.bench import PROMPTS, SETTINGS
+from proxdecode.bench_rewards import _machine, seed_get_reward
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def rewards_for(tok):
+    """Sentiment (TextBlob, per token) + the seed's rule (EndsWith + gated apple/orange)."""
+    R = pd.rewards
+    return pd.Rewards(tok, [R.Sentiment(), R.EndsWith("."),
+                            R.Keywords(["apple", "orange"], require_all=True, only_if_ends_with=".")])
+
+
+def python_rewards(tok, prompt_len: int, sequences: torch.Tensor, eos_id: int, gamma: float):
+    """The plain way: per row, per step, decode the prefix and score it; rewards are the
+    differences of consecutive scores; returns by a backwards loop. ``[B, T]`` lists."""
+    from textblob import TextBlob
+
+    def score(text):
+        return TextBlob(text).sentiment.polarity + seed_get_reward(text)
+
+    all_rewards, all_returns = [], []
+    for row in sequences[:, prompt_len:].tolist():
+        if eos_id in row:
+            row = row[: row.index(eos_id) + 1]
+        prev, rewards = score(""), []
+        for t in range(len(row)):
+            now = score(tok.decode(row[: t + 1], skip_special_tokens=True))
+            rewards.append(now - prev)
+            prev = now
+        returns, g = [], 0.0
+        for r in reversed(rewards):
+            g = r + gamma * g
+            returns.append(g)
+        all_rewards.append(rewards)
+        all_returns.append(returns[::-1])
+    return all_rewards, all_returns
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--gamma", type=float, default=0.99)
+    ap.add_argument("--out", default=str(RESULTS / "update-cpu.json"))
+    args = ap.parse_args(argv)
+
+    model, tok = pd.load_model()
+    rewards = rewards_for(tok)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch)]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    P = enc["input_ids"].shape[1]
+    kw = dict(SETTINGS, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: time the step, keep the weights
+
+    def pd_rollout(seed):
+        return pd.generate(model, **enc, **kw, rewards=rewards, gamma=args.gamma, seed=seed)
+
+    def pd_plain(seed):
+        return pd.generate(model, **enc, **kw, seed=seed)
+
+    def hf_rollout(seed):
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            seqs = model.generate(**enc, **kw)
+        t = time.perf_counter()
+        python_rewards(tok, P, seqs, tok.eos_token_id, args.gamma)
+        return time.perf_counter() - t
+
+    for warm in (pd_rollout, pd_plain, hf_rollout):
+        warm(0)
+    rounds = []
+    for r in range(args.runs):
+        row = {}
+        order = ["pd", "pd_plain", "hf"] if r % 2 == 0 else ["hf", "pd_plain", "pd"]
+        for name in order:
+            t0 = time.perf_counter()
+            if name == "pd":
+                out = pd_rollout(r + 1)
+            elif name == "pd_plain":
+                pd_plain(r + 1)
+            else:
+                row["hf_reward_s"] = hf_rollout(r + 1)
+            row[name + "_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rl.update(model, optimizer, out, algo="reinforce")
+        row["learn_s"] = time.perf_counter() - t0
+        rounds.append(row)
+        print(json.dumps(row), flush=True)
+
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    split = {
+        "pd": {"rollout_s": med["pd_plain_s"], "reward_s": med["pd_s"] - med["pd_plain_s"],
+               "learn_s": med["learn_s"]},
+        "hf_then_python": {"rollout_s": med["hf_s"] - med["hf_reward_s"], "reward_s": med["hf_reward_s"],
+                           "learn_s": med["learn_s"]},
+    }
+    doc = {"batch": args.batch, "new_tokens": args.new_tokens, "runs": args.runs, "settings": SETTINGS,
+           "rewards": rewards.names, "machine": _machine(), "rounds": rounds, "median": med, "split": split,
+           "rollout_speedup": med["hf_s"] / med["pd_s"],
+           "update_speedup": (med["hf_s"] + med["learn_s"]) / (med["pd_s"] + med["learn_s"])}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=2))
+    print(f"{'path':<16}{'rollout s':>11}{'reward s':>10}{'learn s':>9}")
+    for name, s in split.items():
+        print(f"{name:<16}{s['rollout_s']:>11.3f}{s['reward_s']:>10.3f}{s['learn_s']:>9.3f}")
+    print(f"rollout + rewards: pd {med['pd_s']:.3f} s vs HF + Python {med['hf_s']:.3f} s "
+          f"= {doc['rollout_speedup']:.2f}x; whole update {doc['update_speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
