@@ -3,7 +3,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-step bench-rewards bench-steering
+.PHONY: setup demo test bench bench-step bench-rewards bench-steering bench-update bench-learning
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,3 +36,9 @@ bench-rewards: setup
 
 bench-steering: setup
 	$(VENV)/bin/proxdecode bench --steering --out benchmarks/results/steering-cpu.json
+
+bench-update: setup
+	$(PY) benchmarks/update_speed.py --out benchmarks/results/update-cpu.json
+
+bench-learning: setup
+	$(PY) benchmarks/learning.py --out benchmarks/results/learning-cpu

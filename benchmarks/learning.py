@@ -85,13 +85,22 @@ def main(argv=None):
     ap.add_argument("--tasks", nargs="+", default=["sentiment", "apple_orange"])
     ap.add_argument("--gammas", nargs="+", type=float, default=[0.0, 0.9, 0.99, 1.0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--updates", type=int, default=6)
+    ap.add_argument("--updates", type=int, default=10)
     ap.add_argument("--group-size", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--train-layers", type=int, default=4)
     ap.add_argument("--out", default=str(RESULTS / "learning-cpu"))
+    ap.add_argument("--summarise", metavar="JSON", help="only rebuild the table and plot of a finished run")
     args = ap.parse_args(argv)
+    if args.summarise:
+        doc = json.loads(Path(args.summarise).read_text())
+        doc["table"] = summarise(doc["runs"], doc["baseline"])
+        Path(args.summarise).write_text(json.dumps(doc, indent=2))
+        plot(doc["runs"], str(Path(args.summarise).with_suffix(".png")))
+        for row in doc["table"]:
+            print(row)
+        return
 
     model, tok = pd.load_model()
     ref, _ = pd.load_model()  # the frozen starting point, for perplexity
@@ -126,24 +135,39 @@ def main(argv=None):
         print(row)
 
 
+def _smoothed(arm):
+    """The arm's mean curve over seeds, then a trailing mean over 3 updates (one update's
+    12 rollouts a seed are a noisy estimate)."""
+    mean = [statistics.mean(c) for c in zip(*[r["curve"] for r in arm])]
+    return [statistics.mean(mean[max(0, i - 2): i + 1]) for i in range(len(mean))]
+
+
 def summarise(runs, baseline):
+    """One row per arm. The set reward of a task is the same for all its arms: the untrained
+    model's reward on the training rollouts (every arm's first point: the same seeds, the
+    same weights) plus half the largest smoothed gain any arm reached over it."""
     rows = []
     for name in baseline:
-        for signal in ("dense", "sparse"):
-            for gamma in sorted({r["gamma"] for r in runs}):
-                arm = [r for r in runs if (r["task"], r["signal"], r["gamma"]) == (name, signal, gamma)]
-                if not arm:
-                    continue
-                curve = [statistics.mean(c) for c in zip(*[r["curve"] for r in arm])]
-                target = baseline[name]["reward"] + 0.5 * (max(curve) - curve[0]) if curve else None
-                reach = next((i for i, v in enumerate(curve) if target is not None and v >= target), None)
-                rows.append({"task": name, "signal": signal, "gamma": gamma, "seeds": len(arm),
-                             "updates_to_half_gain": reach,
-                             "final_reward": statistics.mean(r["final"]["reward"] for r in arm),
-                             "final_reward_sd": statistics.stdev(r["final"]["reward"] for r in arm) if len(arm) > 1 else 0.0,
-                             "perplexity": statistics.mean(r["final"]["perplexity"] for r in arm),
-                             "distinct_2": statistics.mean(r["final"]["distinct_2"] for r in arm),
-                             "baseline_reward": baseline[name]["reward"]})
+        arms = {}
+        for r in runs:
+            if r["task"] == name:
+                arms.setdefault((r["signal"], r["gamma"]), []).append(r)
+        if not arms:
+            continue
+        start = statistics.mean(r["curve"][0] for a in arms.values() for r in a)
+        best = max(max(_smoothed(a)) for a in arms.values())
+        target = start + 0.5 * max(best - start, 0.0)
+        for (signal, gamma), arm in sorted(arms.items()):
+            curve = _smoothed(arm)
+            reach = next((i for i, v in enumerate(curve) if i > 0 and v >= target), None)  # after i updates
+            finals = [r["final"]["reward"] for r in arm]
+            rows.append({"task": name, "signal": signal, "gamma": gamma, "seeds": len(arm),
+                         "start_reward": start, "target_reward": target, "updates_to_target": reach,
+                         "final_reward": statistics.mean(finals),
+                         "final_reward_sd": statistics.stdev(finals) if len(arm) > 1 else 0.0,
+                         "perplexity": statistics.mean(r["final"]["perplexity"] for r in arm),
+                         "distinct_2": statistics.mean(r["final"]["distinct_2"] for r in arm),
+                         "baseline_reward": baseline[name]["reward"]})
     return rows
 
 

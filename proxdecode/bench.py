@@ -99,7 +99,11 @@ def time_cache_ab(model, tok, batch: int, new_tokens: int, runs: int) -> dict:
 
 def peak_memory_mib(impl: str, batch: int, new_tokens: int, dtype: str, device: str,
                     cache: str | None = None, backend: str = "auto") -> float:
-    """Peak memory of one ``impl`` call in a fresh process (RSS high-water mark on Linux CPUs)."""
+    """Peak memory of one ``impl`` call in a fresh process (RSS high-water mark on Linux CPUs).
+
+    Both sides first make one 2-token call, so lazy imports and one-time loads (HF's
+    generation modules, the C++ step's shared library) are not counted as the call's
+    working memory; then the high-water mark is reset and the measured call runs."""
     code = ("import sys; from proxdecode.bench import _probe; "
             f"_probe({impl!r}, {batch}, {new_tokens}, {dtype!r}, {device!r}, {cache!r}, {backend!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -111,6 +115,7 @@ def _probe(impl, batch, new_tokens, dtype, device, cache=None, backend="auto"):
 
     model, tok = pd.load_model(dtype=dtype, device=device)
     enc = _inputs(tok, batch, model.device)
+    _call(impl, model, enc, 2, 0, cache, backend)  # warm-up: imports, extension load
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         _call(impl, model, enc, new_tokens, 0, cache, backend)

@@ -175,7 +175,7 @@ def _chat(tok, text: str) -> str:
                                    add_generation_prompt=True)
 
 
-def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), rule_beta: float = 4.0,
+def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), rule_beta: float = 8.0,
              backend: str = "auto") -> dict:
     import proxdecode as pd
     import sacrebleu
@@ -205,19 +205,25 @@ def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), r
 
     tasks = []
     rule_prompts = [_chat(tok, "Write one sentence about what you like to eat."),
-                    _chat(tok, "Tell me about your favourite snack in one sentence.")]
+                    _chat(tok, "Write one sentence about fruit.")]
     enc_r = tok(rule_prompts, return_tensors="pt", padding=True)
-    for name, family, metric in [
-        ("keywords apple+orange", R.Keywords(["apple", "orange"], require_all=True, ignore_case=True),
-         lambda t: float("apple" in t.lower() and "orange" in t.lower())),
-        ("ends with '.'", R.EndsWith("."), lambda t: float(t.endswith("."))),
+    # Keywords steers with the fraction of the words mentioned (require_all=False): the seed's
+    # both-or-nothing rule as a potential is 0 until the last word, so it gives steering
+    # nothing to follow at the first one. The rates are the seed's rule and "any" on the text.
+    for name, family, metrics in [
+        ("keywords apple+orange", R.Keywords(["apple", "orange"], ignore_case=True),
+         {"both": lambda t: float("apple" in t.lower() and "orange" in t.lower()),
+          "any": lambda t: float("apple" in t.lower() or "orange" in t.lower())}),
+        ("ends with '.'", R.EndsWith("."), {"rate": lambda t: float(t.endswith("."))}),
     ]:
-        row = {"task": name, "metric": "rate"}
+        rows = {m: {"task": f"{name}: {m}" if len(metrics) > 1 else name, "metric": "rate"} for m in metrics}
         for beta in (0.0, rule_beta):
             out = pd.generate(model, **enc_r, rewards=pd.Rewards(tok, [family]), steer=beta, seed=99,
                               **dict(kw, num_return_sequences=32, max_new_tokens=48))
-            row[f"beta={beta:g}"] = statistics.mean(metric(t) for t in _texts(tok, out))
-        tasks.append(row)
+            texts = _texts(tok, out)
+            for m, fn in metrics.items():
+                rows[m][f"beta={beta:g}"] = statistics.mean(fn(t) for t in texts)
+        tasks += rows.values()
     for name, source, ref in TASKS:
         enc_t = tok([_chat(tok, source)], return_tensors="pt")
         row = {"task": name, "metric": "sacreBLEU"}
