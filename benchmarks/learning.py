@@ -30,6 +30,7 @@ import torch
 
 import proxdecode as pd
 from proxdecode import rl
+from proxdecode.bench_rewards import distinct_n
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -69,15 +70,9 @@ def evaluate(model, ref, tok, prompts, rewards, new_tokens):
         ref_lp, _ = rl.completion_logprobs(ref, out)
     m = out.mask
     texts = [tok.decode(out.tokens[b, : int(m[b].sum())], skip_special_tokens=True) for b in range(m.shape[0])]
-    grams = []
-    for t in texts:
-        w = t.split()
-        g = [tuple(w[i:i + 2]) for i in range(len(w) - 1)]
-        if g:
-            grams.append(len(set(g)) / len(g))
     return {"reward": float(out.rewards.sum(1).mean()),
             "perplexity": float(torch.exp(-(ref_lp * m).sum() / m.sum())),
-            "distinct_2": statistics.mean(grams) if grams else 0.0}
+            "distinct_2": distinct_n(texts, 2)}
 
 
 def main(argv=None):

@@ -209,11 +209,14 @@ def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), r
     enc_r = tok(rule_prompts, return_tensors="pt", padding=True)
     # Keywords steers with the fraction of the words mentioned (require_all=False): the seed's
     # both-or-nothing rule as a potential is 0 until the last word, so it gives steering
-    # nothing to follow at the first one. The rates are the seed's rule and "any" on the text.
+    # nothing to follow at the first one (measured beside it). The rates are the seed's rule
+    # and "any" on the text.
+    mentions = {"both": lambda t: float("apple" in t.lower() and "orange" in t.lower()),
+            "any": lambda t: float("apple" in t.lower() or "orange" in t.lower())}
     for name, family, metrics in [
-        ("keywords apple+orange", R.Keywords(["apple", "orange"], ignore_case=True),
-         {"both": lambda t: float("apple" in t.lower() and "orange" in t.lower()),
-          "any": lambda t: float("apple" in t.lower() or "orange" in t.lower())}),
+        ("keywords apple+orange", R.Keywords(["apple", "orange"], ignore_case=True), mentions),
+        ("keywords apple+orange, all-or-nothing",
+         R.Keywords(["apple", "orange"], require_all=True, ignore_case=True), mentions),
         ("ends with '.'", R.EndsWith("."), {"rate": lambda t: float(t.endswith("."))}),
     ]:
         rows = {m: {"task": f"{name}: {m}" if len(metrics) > 1 else name, "metric": "rate"} for m in metrics}
