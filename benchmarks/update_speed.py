@@ -9,8 +9,9 @@ both inside the decode loop, on the logits' device.
 
 Both paths produce the same kind of signal (per-token rewards of the same families, the
 discounted returns) for the same batch; they are timed in one process, alternating, median
-of ``--runs``. The learning part (``pd.rl.update``, REINFORCE, full model) is the same for
-both and is timed once per round on the pd rollout.
+of ``--runs`` rounds; ratios and the reward cost are taken within each round (the paths of
+a round run back to back) and their median reported. The learning part (``pd.rl.update``,
+REINFORCE, full model) is the same for both and is timed once per round on the pd rollout.
 
     python benchmarks/update_speed.py        # writes benchmarks/results/update-cpu.json
 """
@@ -66,6 +67,26 @@ def python_rewards(tok, prompt_len: int, sequences: torch.Tensor, eos_id: int, g
     return all_rewards, all_returns
 
 
+def reward_work(rewards, out, vocab: int, repeats: int = 5) -> dict:
+    """Median ms a step of the in-loop reward work alone, replayed on a rollout's tokens:
+    ``all_candidates`` (the ``[B, V]`` score steering needs, then the record) against
+    ``chosen`` (what a rollout without steering runs: the chosen tokens' rewards only)."""
+    B, T = out.tokens.shape
+    logits = torch.zeros(B, vocab)
+    times = {"all_candidates": [], "chosen": []}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name in times:
+                run = rewards.start(vocab, B, "cpu", max_new_tokens=T)
+                t0 = time.perf_counter()
+                for t in range(T):
+                    if name == "all_candidates":
+                        run.score(logits)
+                    run.record(out.tokens[:, t], out.mask[:, t], logits)
+                times[name].append((time.perf_counter() - t0) * 1e3 / T)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=8)
@@ -118,24 +139,33 @@ def main(argv=None):
         rounds.append(row)
         print(json.dumps(row), flush=True)
 
+    # medians of per-round figures: the three paths of a round ran back to back, so pairing
+    # them within a round cancels the machine's slow drifts that medians taken apart keep
+    for r in rounds:
+        r["pd_reward_s"] = r["pd_s"] - r["pd_plain_s"]
+        r["rollout_speedup"] = r["hf_s"] / r["pd_s"]
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     split = {
-        "pd": {"rollout_s": med["pd_plain_s"], "reward_s": med["pd_s"] - med["pd_plain_s"],
+        "pd": {"rollout_s": med["pd_plain_s"], "reward_s": med["pd_reward_s"],
                "learn_s": med["learn_s"]},
         "hf_then_python": {"rollout_s": med["hf_s"] - med["hf_reward_s"], "reward_s": med["hf_reward_s"],
                            "learn_s": med["learn_s"]},
     }
     doc = {"batch": args.batch, "new_tokens": args.new_tokens, "runs": args.runs, "settings": SETTINGS,
            "rewards": rewards.names, "machine": _machine(), "rounds": rounds, "median": med, "split": split,
-           "rollout_speedup": med["hf_s"] / med["pd_s"],
+           "rollout_speedup": med["rollout_speedup"],
            "update_speedup": (med["hf_s"] + med["learn_s"]) / (med["pd_s"] + med["learn_s"])}
+    doc["reward_work_ms_per_step"] = reward_work(rewards, out, model.config.vocab_size)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2))
     print(f"{'path':<16}{'rollout s':>11}{'reward s':>10}{'learn s':>9}")
     for name, s in split.items():
         print(f"{name:<16}{s['rollout_s']:>11.3f}{s['reward_s']:>10.3f}{s['learn_s']:>9.3f}")
+    w = doc["reward_work_ms_per_step"]
+    print(f"reward work alone: {w['all_candidates']:.2f} ms a step scoring every candidate, "
+          f"{w['chosen']:.2f} ms the chosen tokens only")
     print(f"rollout + rewards: pd {med['pd_s']:.3f} s vs HF + Python {med['hf_s']:.3f} s "
-          f"= {doc['rollout_speedup']:.2f}x; whole update {doc['update_speedup']:.2f}x")
+          f"(medians); median per-round ratio {doc['rollout_speedup']:.2f}x; whole update {doc['update_speedup']:.2f}x")
 
 
 if __name__ == "__main__":

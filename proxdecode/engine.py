@@ -143,7 +143,8 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
     if T > 0:
         logits = decoder.prefill(ids, mask)
     for t in range(T):
-        reward = run.score(logits) if run else None
+        # [B, V] rewards of every candidate only to steer with; otherwise record() scores the chosen
+        reward = run.score(logits) if run and cfg.steer != 0.0 else None
         so = step_fn(
             logits, seeds=seeds, step=t, do_sample=cfg.do_sample, temperature=cfg.temperature,
             top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
@@ -157,7 +158,7 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         logprobs[:, t] = torch.where(alive, so.logprobs, 0.0)
         policy_logprobs[:, t] = torch.where(alive, so.policy_logprobs, 0.0)
         if run:
-            comps[:, :, t] = run.record(tok, alive)
+            comps[:, :, t] = run.record(tok, alive, logits)
         if seen is not None:
             seen.scatter_(1, tok[:, None], True)
         if cfg.output_scores:

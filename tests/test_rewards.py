@@ -12,19 +12,32 @@ TEXTS = ["I ate an apple and an orange.", "Apples and oranges", "An apple a day.
 
 
 def teacher_force(rewards, tok, texts, eos=True):
-    """Run a RewardRun over given completions: [B, T] per-component rewards incl. terminal."""
+    """Run a RewardRun over given completions: [B, T] per-component rewards incl. terminal.
+
+    Two runs side by side: the steering path (the [B, V] ``score``, then ``record``) and the
+    path without steering (each family's ``chosen``); they must record the same rewards."""
     ids = [tok.encode(t, add_special_tokens=False) + ([tok.eos_token_id] if eos else []) for t in texts]
     T = max(map(len, ids))
     B = len(ids)
-    run = rewards.start(len(tok), B, "cpu")
+    run, fast = rewards.start(len(tok), B, "cpu"), rewards.start(len(tok), B, "cpu")
     comps = torch.zeros(len(rewards.names), B, T)
+    logits = torch.zeros(B, len(tok))
     for t in range(T):
         tokens = torch.tensor([r[t] if t < len(r) else tok.pad_token_id for r in ids])
         alive = torch.tensor([t < len(r) for r in ids])
-        run.score(torch.zeros(B, len(tok)))
+        run.score(logits)
         comps[:, :, t] = run.record(tokens, alive)
+        assert_same_path(fast.record(tokens, alive, logits), comps[:, :, t], rewards.names, t)
     totals = comps.sum(2) + run.terminal(B, "cpu")
+    assert_same_path(fast.terminal(B, "cpu"), run.terminal(B, "cpu"), rewards.names, "terminal")
     return {n: totals[i] for i, n in enumerate(rewards.names)}, ids
+
+
+def assert_same_path(chosen, dense, names, where):
+    """The chosen-token path's ``[F, B]`` rewards equal the dense path's (fp32 rounding)."""
+    for i, n in enumerate(names):
+        torch.testing.assert_close(chosen[i], dense[i], atol=1e-6, rtol=1e-6,
+                                   msg=lambda m: f"{n} at step {where}: chosen-token path differs\n{m}")
 
 
 def seed_ends(text):  # the seed's first rule

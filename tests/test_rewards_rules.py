@@ -10,6 +10,8 @@ import torch
 import proxdecode as pd
 from proxdecode.rewards.style import Capitalization, Length, Repetition, WordList
 
+from test_rewards import assert_same_path
+
 TEXTS = [
     "the cat and the dog and the bird",
     "la la la la la",
@@ -46,6 +48,7 @@ def teacher_force(rewards, tok, texts, eos=True, prompts=None, max_new_tokens=0,
         pmask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in penc])
     V = vocab or len(tok)
     run = rewards.start(V, B, "cpu", None, pids, pmask, max_new_tokens)
+    fast = rewards.start(V, B, "cpu", None, pids, pmask, max_new_tokens)  # the path without steering
     comps = torch.zeros(len(rewards.names), B, T)
     for t in range(T):
         tokens = torch.tensor([r[t] if t < len(r) else tok.pad_token_id for r in ids])
@@ -55,7 +58,9 @@ def teacher_force(rewards, tok, texts, eos=True, prompts=None, max_new_tokens=0,
         if check is not None:
             check(t, dense, ids)
         comps[:, :, t] = run.record(tokens, alive)
+        assert_same_path(fast.record(tokens, alive, torch.zeros(B, V)), comps[:, :, t], rewards.names, t)
     totals = comps.sum(2) + run.terminal(B, "cpu")
+    assert_same_path(fast.terminal(B, "cpu"), run.terminal(B, "cpu"), rewards.names, "terminal")
     return {n: totals[i] for i, n in enumerate(rewards.names)}, ids
 
 

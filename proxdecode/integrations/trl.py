@@ -32,9 +32,8 @@ def score_completions(rewards, completion_ids: list[list[int]]) -> torch.Tensor:
     run = rewards.start(vocab, N, "cpu", max_new_tokens=T)
     comps = torch.zeros(len(rewards.names), N, max(T, 1))
     zeros = torch.zeros(N, vocab)
-    for t in range(T):
-        run.score(zeros)
-        comps[:, :, t] = run.record(tokens[:, t], mask[:, t])
+    for t in range(T):  # nothing steers: each family's chosen-token path
+        comps[:, :, t] = run.record(tokens[:, t], mask[:, t], zeros)
     if T:
         last = (mask.sum(1) - 1).clamp(min=0)
         comps.scatter_add_(2, last[None, :, None].expand(len(rewards.names), N, 1),

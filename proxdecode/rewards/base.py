@@ -60,7 +60,13 @@ class Reward:
             (batch, device, the ``[B, P]`` prompts and their mask, the vocabulary width).
         score(state, logits) -> [B, V]: unweighted reward of every candidate.
         update(state, tokens, alive) -> None: advance the state in place with ``[B]`` tokens;
-            always called after the same step's ``score``, so it may reuse what ``score`` kept.
+            called after the same step's ``score`` when one ran (it may reuse what ``score``
+            kept, and must not rely on it otherwise).
+        chosen(state, tokens, alive, logits) -> [B]: the unweighted reward of the chosen
+            ``tokens`` (what ``score(...)`` would give at them), then ``update``. It is the
+            path taken when nothing steers: only the ``[B]`` chosen tokens need a reward then,
+            and a family that can get it without the ``[B, V]`` pass overrides this (e.g. as
+            ``Phi(after) - Phi(before)``); the default runs ``score`` and gathers.
         terminal(state) -> [B] or None: added on the row's last step.
     """
 
@@ -87,6 +93,13 @@ class Reward:
 
     def update(self, state: dict, tokens: torch.Tensor, alive: torch.Tensor) -> None:
         pass
+
+    def chosen(self, state: dict, tokens: torch.Tensor, alive: torch.Tensor,
+               logits: torch.Tensor) -> torch.Tensor:
+        d = self.score(state, logits)  # [B, V'], V' <= V: the model's padding rows score 0
+        r = torch.nn.functional.pad(d, (0, logits.shape[1] - d.shape[1])).gather(1, tokens[:, None])[:, 0]  # [B]
+        self.update(state, tokens, alive)
+        return r
 
     def terminal(self, state: dict) -> torch.Tensor | None:
         return None
@@ -184,7 +197,9 @@ class RewardRun:
         return self.b.names
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[B, V]`` weighted reward of every candidate token this step."""
+        """``[B, V]`` weighted reward of every candidate token this step (steering needs it;
+        without steering the engine skips it and ``record`` takes the families' ``chosen``
+        path)."""
         total = self.b.table.expand(logits.shape[0], -1) if self.b.table is not None else 0.0
         self._dense = []
         for (_, f), st in zip(self.b.live, self.states):
@@ -196,14 +211,23 @@ class RewardRun:
             return torch.zeros_like(logits, dtype=torch.float32)
         return total
 
-    def record(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        """``[F, B]`` weighted reward of the chosen tokens (0 on dead rows); advances the state."""
+    def record(self, tokens: torch.Tensor, alive: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """``[F, B]`` weighted reward of the chosen tokens (0 on dead rows); advances the state.
+
+        Reads this step's ``score`` when it ran, else each family's ``chosen`` path on the
+        same ``[B, V]`` ``logits``."""
         out = torch.zeros(len(self.b.names), tokens.shape[0], device=tokens.device)
         if self.b.tables is not None:
             out[self.b.table_pos] = self.b.tables[:, tokens]
-        for (i, f), st, d in zip(self.b.live, self.states, self._dense):
-            out[i] = d.gather(1, tokens[:, None])[:, 0]
-            f.update(st, tokens, alive)
+        dense, self._dense = self._dense, []
+        if self.b.live and not dense and logits is None:
+            raise ValueError("RewardRun.record: pass this step's logits when score() did not run")
+        for j, ((i, f), st) in enumerate(zip(self.b.live, self.states)):
+            if dense:
+                out[i] = dense[j].gather(1, tokens[:, None])[:, 0]
+                f.update(st, tokens, alive)
+            else:
+                out[i] = f.chosen(st, tokens, alive, logits) * f.weight
         return out * alive
 
     def finish(self, comps: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> None:

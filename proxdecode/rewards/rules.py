@@ -57,6 +57,11 @@ class EndsWith(Reward):
         adds_text = st["text_tab"][tokens] & alive  # [B]
         st["ends"] = torch.where(adds_text, st["ends_tab"][tokens], st["ends"])
 
+    def chosen(self, st, tokens, alive, logits):
+        r = (st["ends_tab"][tokens].float() - st["ends"].float()) * st["text_tab"][tokens]  # [B]
+        self.update(st, tokens, alive)
+        return r
+
     def terminal(self, st):
         return torch.full_like(st["ends"], -1.0, dtype=torch.float32)
 
@@ -142,6 +147,11 @@ class Keywords(Reward):
         n = len(self.words)
         return (count >= n).float() if self.require_all else count.float() / n
 
+    def _potential(self, st) -> torch.Tensor:
+        """``[B]`` Phi of the text so far: coverage, gated by the suffix when asked."""
+        phi = self._phi(st["covered"].sum(-1))
+        return phi if st["gate"] is None else phi * st["gate"]["ends"]
+
     def score(self, st, logits):
         covered = st["covered"]  # [B, K]
         st["hits"] = self._hits(st)  # [B, U, K]; the history is unchanged until update()
@@ -162,8 +172,14 @@ class Keywords(Reward):
 
     def update(self, st, tokens, alive):
         chosen = (st["lasts"][None, :] == tokens[:, None]) & alive[:, None]  # [B, U]
-        st["covered"] |= (st["hits"] & chosen[:, :, None]).any(1)
+        hits = st.pop("hits", None)
+        st["covered"] |= ((self._hits(st) if hits is None else hits) & chosen[:, :, None]).any(1)
         st["hist"] = torch.where(alive[:, None], torch.cat([st["hist"][:, 1:], tokens[:, None]], 1),
                                  st["hist"])
         if st["gate"] is not None:
             self._gate.update(st["gate"], tokens, alive)
+
+    def chosen(self, st, tokens, alive, logits):
+        before = self._potential(st)  # [B]
+        self.update(st, tokens, alive)
+        return self._potential(st) - before

@@ -283,6 +283,12 @@ class Sentiment(Reward):
         adopt = live[:, None] & adopt
         return out.scatter_add_(1, toks, torch.where(adopt, phi_k - out.gather(1, toks), 0.0))
 
+    def chosen(self, st, tokens, alive, logits):
+        before = self._pending(st)[1]
+        st["b1"] = before
+        self.update(st, tokens, alive)
+        return _phi(self._pending(st)[1]) - _phi(before)  # [B]
+
     def update(self, st, tokens, alive):
         t, D, P = st["tab"], st["tab"]["D"], st["tab"]["P"]
         V, N = t["V"], t["N"]
