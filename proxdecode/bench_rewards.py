@@ -212,7 +212,7 @@ def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), r
     # nothing to follow at the first one (measured beside it). The rates are the seed's rule
     # and "any" on the text.
     mentions = {"both": lambda t: float("apple" in t.lower() and "orange" in t.lower()),
-            "any": lambda t: float("apple" in t.lower() or "orange" in t.lower())}
+                "any": lambda t: float("apple" in t.lower() or "orange" in t.lower())}
     for name, family, metrics in [
         ("keywords apple+orange", R.Keywords(["apple", "orange"], ignore_case=True), mentions),
         ("keywords apple+orange, all-or-nothing",

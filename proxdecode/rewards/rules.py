@@ -167,7 +167,7 @@ class Keywords(Reward):
         ends_after = torch.where(g["text_tab"][None, :], g["ends_tab"][None, :].float(), ends_now[:, None])
         phi_after = self._phi(now).expand(-1, V).clone()  # [B, V] coverage after each candidate
         phi_after.index_copy_(1, st["lasts"], self._phi(now + new))
-        out = phi_after * ends_after - self._phi(now) * ends_now[:, None]  # [B, V]
+        out = phi_after * ends_after - self._potential(st)[:, None]  # [B, V]
         return torch.nn.functional.pad(out, (0, logits.shape[1] - V))
 
     def update(self, st, tokens, alive):
