@@ -3,7 +3,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-step bench-rewards bench-steering bench-update bench-learning
+.PHONY: setup demo test bench bench-step bench-linear bench-rewards bench-steering bench-update bench-learning
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,10 +26,14 @@ test: setup
 bench: setup
 	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --out benchmarks/results/e2e-cpu-fp32.json
 	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --dtype bfloat16 --out benchmarks/results/e2e-cpu-bf16.json
+	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --linear onednn --out benchmarks/results/e2e-cpu-fp32-onednn.json
 
 bench-step: setup
 	$(PY) -m pytest benchmarks/bench_step.py --benchmark-only --benchmark-columns=median,iqr,ops \
 		--benchmark-json=benchmarks/results/step-cpu.json
+
+bench-linear: setup
+	$(PY) benchmarks/bench_linear.py --out benchmarks/results/linear-cpu.json
 
 bench-rewards: setup
 	$(VENV)/bin/proxdecode bench --rewards --batch 8 --new-tokens 32 --runs 3 --out benchmarks/results/rewards-cpu.json
@@ -38,7 +42,7 @@ bench-steering: setup
 	$(VENV)/bin/proxdecode bench --steering --out benchmarks/results/steering-cpu.json
 
 bench-update: setup
-	$(PY) benchmarks/update_speed.py --out benchmarks/results/update-cpu.json
+	$(PY) benchmarks/update_speed.py --compile --out benchmarks/results/update-cpu.json
 
 bench-learning: setup
 	$(PY) benchmarks/learning.py --out benchmarks/results/learning-cpu

@@ -442,9 +442,9 @@ def section_e2e(rec: Recorder, models, batches, new_tokens, reps, model_dtype):
                                                    pd.rewards.Fluency()])
                         extra = dict(rewards=rewards, steer=2.0)
 
-                    def pd_run(backend):
+                    def pd_run(backend, **engine):
                         try:
-                            out = pd.generate(model, **enc, seed=0, backend=backend, **extra, **gen)
+                            out = pd.generate(model, **enc, seed=0, backend=backend, **engine, **extra, **gen)
                         except TypeError as e:
                             if "backend" not in str(e):
                                 raise
@@ -454,6 +454,10 @@ def section_e2e(rec: Recorder, models, batches, new_tokens, reps, model_dtype):
 
                     runs = {"pd_triton": lambda: pd_run("triton"), "pd_torch": lambda: pd_run("torch"),
                             "hf_generate": lambda: model.generate(**enc, **gen)}
+                    if shape == models[0] and B == batches[1]:  # one cell: the compile is minutes
+                        # the decode forward compiled with HF's default CompileConfig: "reduce-overhead",
+                        # i.e. captured in a CUDA graph (static cache, fixed-shape mask)
+                        runs["pd_triton_compiled"] = lambda: pd_run("triton", compile=True)
                     times = {k: [] for k in runs}
                     lengths = {}
                     for k, fn in runs.items():  # warm-up: compiles, autotunes, allocates
@@ -479,12 +483,15 @@ def section_e2e(rec: Recorder, models, batches, new_tokens, reps, model_dtype):
                            "ratio_pd_triton_over_hf": round(med["hf_generate"] / med["pd_triton"], 3),
                            "ratio_pd_triton_over_pd_torch": round(med["pd_torch"] / med["pd_triton"], 3),
                            "runs": reps}
+                    if "pd_triton_compiled" in med:
+                        res["ratio_pd_triton_compiled_over_hf"] = round(med["hf_generate"] / med["pd_triton_compiled"], 3)
                     if rewards_on:
                         res["note"] = "hf_generate runs without rewards: the ratio includes the rewards' cost"
                     if notes:
                         res["notes"] = sorted(set(notes))
                     return res
                 need = 20 if ARGS.smoke else (15 + 0.1 * B) * (1 if shape != "llama-1b" else 1.5)
+                need += 90 if shape == models[0] and B == batches[1] else 0  # the compile
                 rec.guarded("e2e", "e2e", {"model": shape, "B": B, "rewards": rewards_on,
                                            "settings": dict(MAIN, max_new_tokens=new_tokens, steer=2.0 if rewards_on else 0.0),
                                            "model_dtype": str(model_dtype).split(".")[-1]}, run, need_s=need)

@@ -13,6 +13,11 @@ of ``--runs`` rounds; ratios and the reward cost are taken within each round (th
 a round run back to back) and their median reported. The learning part (``pd.rl.update``,
 REINFORCE, full model) is the same for both and is timed once per round on the pd rollout.
 
+pd runs twice per round: with the model's linear layers as HF runs them (``F.linear``, the
+same forward as HF's side) and with ``linear="onednn"`` (packed weights, ``linear.py``;
+the repack after each update's weight change is inside its time). ``--compile`` adds a
+third pd path with the compiled decode forward (one compile of ~1-2 minutes first).
+
     python benchmarks/update_speed.py        # writes benchmarks/results/update-cpu.json
 """
 
@@ -93,6 +98,7 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--gamma", type=float, default=0.99)
+    ap.add_argument("--compile", action="store_true", help="also time pd with the compiled decode forward")
     ap.add_argument("--out", default=str(RESULTS / "update-cpu.json"))
     args = ap.parse_args(argv)
 
@@ -104,11 +110,8 @@ def main(argv=None):
     kw = dict(SETTINGS, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: time the step, keep the weights
 
-    def pd_rollout(seed):
-        return pd.generate(model, **enc, **kw, rewards=rewards, gamma=args.gamma, seed=seed)
-
-    def pd_plain(seed):
-        return pd.generate(model, **enc, **kw, seed=seed)
+    def pd_rollout(seed, **engine):
+        return pd.generate(model, **enc, **kw, rewards=rewards, gamma=args.gamma, seed=seed, **engine)
 
     def hf_rollout(seed):
         torch.manual_seed(seed)
@@ -118,33 +121,38 @@ def main(argv=None):
         python_rewards(tok, P, seqs, tok.eos_token_id, args.gamma)
         return time.perf_counter() - t
 
-    for warm in (pd_rollout, pd_plain, hf_rollout):
-        warm(0)
+    paths = {"pd": pd_rollout, "pd_plain": lambda seed: pd.generate(model, **enc, **kw, seed=seed),
+             "pd_onednn": lambda seed: pd_rollout(seed, linear="onednn"), "hf": hf_rollout}
+    if args.compile:
+        paths["pd_compiled"] = lambda seed: pd_rollout(seed, compile=True)
+    for name, fn in paths.items():  # warm-up; the compiled path compiles here
+        t0 = time.perf_counter()
+        fn(0)
+        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
     rounds = []
     for r in range(args.runs):
         row = {}
-        order = ["pd", "pd_plain", "hf"] if r % 2 == 0 else ["hf", "pd_plain", "pd"]
-        for name in order:
+        for name in (list(paths) if r % 2 == 0 else list(paths)[::-1]):
             t0 = time.perf_counter()
-            if name == "pd":
-                out = pd_rollout(r + 1)
-            elif name == "pd_plain":
-                pd_plain(r + 1)
-            else:
-                row["hf_reward_s"] = hf_rollout(r + 1)
+            res = paths[name](r + 1)
             row[name + "_s"] = time.perf_counter() - t0
+            if name == "hf":
+                row["hf_reward_s"] = res
+            elif name == "pd":
+                out = res
         t0 = time.perf_counter()
         rl.update(model, optimizer, out, algo="reinforce")
         row["learn_s"] = time.perf_counter() - t0
         rounds.append(row)
         print(json.dumps(row), flush=True)
 
-    # medians of per-round figures: the three paths of a round ran back to back, so pairing
+    # medians of per-round figures: the paths of a round ran back to back, so pairing
     # them within a round cancels the machine's slow drifts that medians taken apart keep
     for r in rounds:
-        r["pd_reward_s"] = r["pd_s"] - r["pd_plain_s"]
-        r["rollout_speedup"] = r["hf_s"] / r["pd_s"]
-        r["update_speedup"] = (r["hf_s"] + r["learn_s"]) / (r["pd_s"] + r["learn_s"])
+        for path in [p for p in paths if p not in ("hf", "pd_plain")]:
+            suffix = path[2:]  # "", "_onednn", "_compiled"
+            r["rollout_speedup" + suffix] = r["hf_s"] / r[path + "_s"]
+            r["update_speedup" + suffix] = (r["hf_s"] + r["learn_s"]) / (r[path + "_s"] + r["learn_s"])
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     # pd's reward part is timed directly (replayed on the last rollout's tokens): the difference
     # of two ~5 s runs is noise at this size
@@ -157,7 +165,7 @@ def main(argv=None):
     }
     doc = {"batch": args.batch, "new_tokens": args.new_tokens, "runs": args.runs, "settings": SETTINGS,
            "rewards": rewards.names, "machine": _machine(), "rounds": rounds, "median": med, "split": split,
-           "rollout_speedup": med["rollout_speedup"], "update_speedup": med["update_speedup"],
+           **{k: v for k, v in med.items() if k.startswith(("rollout_speedup", "update_speedup"))},
            "reward_work_ms_per_step": work}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2))
@@ -166,8 +174,11 @@ def main(argv=None):
         print(f"{name:<16}{s['rollout_s']:>11.3f}{s['reward_s']:>10.3f}{s['learn_s']:>9.3f}")
     print(f"reward work alone: {work['all_candidates']:.2f} ms a step scoring every candidate, "
           f"{work['chosen']:.2f} ms the chosen tokens only")
-    print(f"rollout + rewards: pd {med['pd_s']:.3f} s vs HF + Python {med['hf_s']:.3f} s (medians); "
-          f"median per-round ratios: rollout {doc['rollout_speedup']:.2f}x, whole update {doc['update_speedup']:.2f}x")
+    for path in [p for p in paths if p not in ("hf", "pd_plain")]:
+        suffix = path[2:]
+        print(f"rollout + rewards: {path} {med[path + '_s']:.3f} s vs HF + Python {med['hf_s']:.3f} s (medians); "
+              f"median per-round ratios: rollout {med['rollout_speedup' + suffix]:.2f}x, "
+              f"whole update {med['update_speedup' + suffix]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -31,15 +31,16 @@ def _inputs(tok, batch: int, device):
     return tok(prompts, return_tensors="pt", padding=True).to(device)
 
 
-def _call(impl: str, model, enc, new_tokens: int, seed: int, cache: str | None = None,
-          backend: str = "auto"):
+def _call(impl: str, model, enc, new_tokens: int, seed: int, engine: dict | None = None):
+    """One generate call; ``engine``: pd.generate's own options (backend, linear, compile,
+    cache_implementation)."""
     import proxdecode as pd
 
     kw = dict(SETTINGS, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     if impl == "hf":
         torch.manual_seed(seed)
         return model.generate(**enc, **kw)
-    return pd.generate(model, **enc, **kw, seed=seed, cache_implementation=cache, backend=backend)
+    return pd.generate(model, **enc, **kw, seed=seed, **(engine or {}))
 
 
 def _sync(device):
@@ -63,8 +64,7 @@ def _alternating(calls: dict, runs: int, device) -> dict:
     return times
 
 
-def time_generate(model, tok, batch: int, new_tokens: int, runs: int, cache: str | None = None,
-                  backend: str = "auto") -> dict:
+def time_generate(model, tok, batch: int, new_tokens: int, runs: int, engine: dict | None = None) -> dict:
     """Median seconds of HF and pd over ``runs`` alternating runs."""
     device = next(model.parameters()).device
     enc = _inputs(tok, batch, device)
@@ -72,7 +72,7 @@ def time_generate(model, tok, batch: int, new_tokens: int, runs: int, cache: str
 
     def call(impl):
         def run_once(n, seed):
-            out = _call(impl, model, enc, n or new_tokens, seed, cache, backend)
+            out = _call(impl, model, enc, n or new_tokens, seed, engine)
             assert out.shape[1] == P + (n or new_tokens)
         return run_once
 
@@ -89,7 +89,7 @@ def time_cache_ab(model, tok, batch: int, new_tokens: int, runs: int) -> dict:
     enc = _inputs(tok, batch, device)
 
     def call(cache):
-        return lambda n, seed: _call("pd", model, enc, n or new_tokens, seed, cache)
+        return lambda n, seed: _call("pd", model, enc, n or new_tokens, seed, {"cache_implementation": cache})
 
     times = _alternating({"static": call("static"), "dynamic": call("dynamic")}, runs, device)
     med = {c: statistics.median(v) for c, v in times.items()}
@@ -98,32 +98,32 @@ def time_cache_ab(model, tok, batch: int, new_tokens: int, runs: int) -> dict:
 
 
 def peak_memory_mib(impl: str, batch: int, new_tokens: int, dtype: str, device: str,
-                    cache: str | None = None, backend: str = "auto") -> float:
+                    engine: dict | None = None) -> float:
     """Peak memory of one ``impl`` call in a fresh process (RSS high-water mark on Linux CPUs).
 
     Both sides first make one 2-token call, so lazy imports and one-time loads (HF's
     generation modules, the C++ step's shared library) are not counted as the call's
     working memory; then the high-water mark is reset and the measured call runs."""
     code = ("import sys; from proxdecode.bench import _probe; "
-            f"_probe({impl!r}, {batch}, {new_tokens}, {dtype!r}, {device!r}, {cache!r}, {backend!r})")
+            f"_probe({impl!r}, {batch}, {new_tokens}, {dtype!r}, {device!r}, {engine!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _probe(impl, batch, new_tokens, dtype, device, cache=None, backend="auto"):
+def _probe(impl, batch, new_tokens, dtype, device, engine=None):
     import proxdecode as pd
 
     model, tok = pd.load_model(dtype=dtype, device=device)
     enc = _inputs(tok, batch, model.device)
-    _call(impl, model, enc, 2, 0, cache, backend)  # warm-up: imports, extension load
+    _call(impl, model, enc, 2, 0, engine)  # warm-up: imports, extension load, weight packing
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        _call(impl, model, enc, new_tokens, 0, cache, backend)
+        _call(impl, model, enc, new_tokens, 0, engine)
         print(torch.cuda.max_memory_allocated() / 2**20)
     else:  # reset the RSS high-water mark after loading, so the peak is the call's own
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        _call(impl, model, enc, new_tokens, 0, cache, backend)
+        _call(impl, model, enc, new_tokens, 0, engine)
         with open("/proc/self/status") as f:
             hwm = next(line for line in f if line.startswith("VmHWM:"))
         print(int(hwm.split()[1]) / 1024)
@@ -131,7 +131,7 @@ def _probe(impl, batch, new_tokens, dtype, device, cache=None, backend="auto"):
 
 def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "float32",
         device: str = "cpu", memory: bool = True, out_path: str | None = None,
-        cache: str | None = None, backend: str = "auto") -> dict:
+        engine: dict | None = None) -> dict:
     """Time both implementations at each batch size; return (and optionally write) results."""
     import proxdecode as pd
     import transformers
@@ -139,13 +139,12 @@ def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "f
     model, tok = pd.load_model(dtype=dtype, device=device)
     rows = []
     for b in batches:
-        row = time_generate(model, tok, b, new_tokens, runs, cache, backend)
+        row = time_generate(model, tok, b, new_tokens, runs, engine)
         if memory:
             row["hf_peak_mib"] = peak_memory_mib("hf", b, new_tokens, dtype, device)
-            row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device, cache, backend)
+            row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device, engine)
         rows.append(row)
-    result = {"model": pd.models.DEFAULT_MODEL, "dtype": dtype, "device": device, "pd_cache": cache,
-              "pd_backend": backend,
+    result = {"model": pd.models.DEFAULT_MODEL, "dtype": dtype, "device": device, "pd_engine": engine or {},
               "settings": SETTINGS, "rows": rows, "machine": platform.processor() or platform.machine(),
               "cpus": torch.get_num_threads(), "torch": torch.__version__,
               "transformers": transformers.__version__,

@@ -69,7 +69,8 @@ def full_stack(tok):
 
 
 def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: float = 2.0,
-                  backend: str = "auto") -> dict:
+                  engine: dict | None = None) -> dict:
+    """``engine``: pd.generate's own options (backend, linear, compile) for both pd rows."""
     import proxdecode as pd
     from transformers import LogitsProcessorList
 
@@ -83,8 +84,8 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
         def run(n, seed):
             kw = dict(SETTINGS, max_new_tokens=n or new_tokens, min_new_tokens=n or new_tokens)
             if with_rewards:
-                return pd.generate(model, **enc, **kw, rewards=rewards, steer=steer, seed=seed, backend=backend)
-            return pd.generate(model, **enc, **kw, seed=seed, backend=backend)
+                return pd.generate(model, **enc, **kw, rewards=rewards, steer=steer, seed=seed, **(engine or {}))
+            return pd.generate(model, **enc, **kw, seed=seed, **(engine or {}))
         return run
 
     def seed_call(n, seed):
@@ -176,7 +177,7 @@ def _chat(tok, text: str) -> str:
 
 
 def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), rule_beta: float = 8.0,
-             backend: str = "auto") -> dict:
+             engine: dict | None = None) -> dict:
     import proxdecode as pd
     import sacrebleu
     from scipy.stats import spearmanr
@@ -185,7 +186,7 @@ def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), r
     model, tok = pd.load_model()
     R = pd.rewards
     kw = dict(max_new_tokens=new_tokens, do_sample=True, top_k=50, temperature=1.0,
-              num_return_sequences=per_prompt, backend=backend)
+              num_return_sequences=per_prompt, **(engine or {}))
     enc = tok(SENTIMENT_PROMPTS, return_tensors="pt", padding=True)
     sentiment = pd.Rewards(tok, [R.Sentiment()])
     cells, summed, polar = [], [], []

@@ -37,7 +37,7 @@ def _generate(model, tok, prompts, reward_specs, args, steer, config=None):
               do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, return_dict_in_generate=True)
     return pd.generate(model, **enc, rewards=rewards, steer=steer, gamma=args.gamma, seed=args.seed,
-                       backend=args.backend, **kw)
+                       **_engine(args), **kw)
 
 
 def _rows(out, tok, prompts, n):
@@ -133,9 +133,11 @@ def cmd_bench(args):
                 json.dump({"dtype": args.dtype, "device": args.device, "rows": rows}, f, indent=2)
         print(json.dumps(rows))
         return
+    engine = dict(_engine(args), cache_implementation=args.cache)
     res = bench.run(tuple(args.batch), args.new_tokens, args.runs, args.dtype, args.device,
-                    memory=not args.no_memory, out_path=args.out, cache=args.cache, backend=args.backend)
-    table = Table(title=f"pd.generate (step: {args.backend}) vs model.generate, {res['model']} {args.dtype}, "
+                    memory=not args.no_memory, out_path=args.out, engine=engine)
+    table = Table(title=f"pd.generate (step {args.backend}, linear {args.linear}) vs model.generate, "
+                        f"{res['model']} {args.dtype}, "
                         f"{args.new_tokens} new tokens, {bench.SETTINGS}")
     for c in ("batch", "HF tok/s", "pd tok/s", "speedup", "HF peak MiB", "pd peak MiB"):
         table.add_column(c, justify="right")
@@ -163,7 +165,7 @@ def cmd_train(args):
     hist = pd.rl.train(model, tok, args.prompts, pd.Rewards(tok, families), args.steps,
                        group_size=args.group_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
                        algo=args.algo, gamma=args.gamma, steer=args.steer, sparse=args.sparse,
-                       seed=args.seed, log_path=args.log)
+                       seed=args.seed, log_path=args.log, **_engine(args))
     console = Console(stderr=True)
     for h in hist:
         console.print(f"step {h['step']:3d}  reward {h['reward']:+.3f}  loss {h['loss']:+.4f}  "
@@ -182,7 +184,7 @@ def _bench_rewards(args):
 
     console = Console(stderr=True)
     if args.rewards:
-        res = bench_rewards.rewards_speed(args.batch[0], args.new_tokens, args.runs, backend=args.backend)
+        res = bench_rewards.rewards_speed(args.batch[0], args.new_tokens, args.runs, engine=_engine(args))
         t = Table(title=f"rewards at batch {res['batch']}, {res['new_tokens']} new tokens, steer {res['steer']}")
         for c in ("decoder", "tok/s", "reward work ms/step"):
             t.add_column(c, justify="right")
@@ -196,7 +198,7 @@ def _bench_rewards(args):
                       f"{res['rewards_vs_seed_style']:.2f}x end to end, {res['reward_step_speedup']:.0f}x "
                       f"on the reward work alone")
     else:
-        res = bench_rewards.steering(backend=args.backend)
+        res = bench_rewards.steering(engine=_engine(args))
         t = Table(title="Sentiment steering, default model, 64 continuations a cell")
         for c in ("beta", "TextBlob polarity", "perplexity", "distinct-2"):
             t.add_column(c, justify="right")
@@ -224,8 +226,21 @@ def _sampling_args(p, n=1):
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     p.add_argument("--gamma", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    _engine_args(p)
+
+
+def _engine_args(p):
+    """pd.generate's own options: how the step and the model forward run."""
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton"],
                    help="decode step implementation (auto: C++ on CPU, Triton on CUDA)")
+    p.add_argument("--linear", default="torch", choices=["torch", "onednn"],
+                   help="the model's linear layers: torch (HF's exact logits) or onednn (packed weights, CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode forward (default: as HF decides; one compile per shape)")
+
+
+def _engine(args) -> dict:
+    return dict(backend=args.backend, linear=args.linear, compile=True if args.compile else None)
 
 
 def known_rewards():
@@ -263,7 +278,7 @@ def main(argv=None):
     b.add_argument("--rewards", action="store_true",
                    help="instead: the full reward stack vs no rewards vs the seed-style baseline (first --batch)")
     b.add_argument("--steering", action="store_true", help="instead: what steering does to the text")
-    b.add_argument("--backend", default="auto", choices=["auto", "torch", "cpp", "triton"])
+    _engine_args(b)
     b.add_argument("--out", default=None, help="also write the JSON result here")
     t = sub.add_parser("train", help="on-policy updates from proximal rewards (pd.rl.train)")
     t.add_argument("prompts", nargs="+")
@@ -281,6 +296,7 @@ def main(argv=None):
     t.add_argument("--train-layers", type=int, default=0, help="train only the last N layers (0: all)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--log", default=None, help="append per-step metrics here (JSONL)")
+    _engine_args(t)
     t.add_argument("--save", default=None, help="save the trained model and tokenizer here")
     from . import rate
 

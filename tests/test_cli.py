@@ -38,3 +38,15 @@ def test_demo_shows_both_columns(real, capsys):
     main(["demo", "-n", "1", "--max-new-tokens", "6"])
     out = capsys.readouterr().out
     assert "steer = 0" in out and "steer = 2" in out and "I like to eat" in out and "Today is a" in out
+
+
+def test_engine_flags_reach_generate(real, capsys):
+    """--linear onednn runs the packed forward (same greedy tokens here as the torch path's);
+    --compile with it is refused by name, as pd.generate refuses it."""
+    args = ["generate", "I like to eat", "--greedy", "--max-new-tokens", "8", "--json"]
+    main(args)
+    want = json.loads(capsys.readouterr().out)["completions"][0]["tokens"]
+    main(args + ["--linear", "onednn"])
+    assert json.loads(capsys.readouterr().out)["completions"][0]["tokens"] == want
+    with pytest.raises(SystemExit, match="onednn"):
+        main(args + ["--linear", "onednn", "--compile"])

@@ -1,5 +1,8 @@
 """pd.generate against HF's model.generate, and the contract's promises."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -163,6 +166,12 @@ BAD = [
     (dict(steer=1.0), ValueError, "steer"),
     (dict(gamma=1.5), ValueError, "gamma"),
     (dict(seed=[1, 2, 3]), ValueError, "seed"),
+    (dict(linear="fast"), ValueError, "linear"),
+    (dict(compile="yes"), TypeError, "compile"),
+    (dict(compile_config="max-autotune"), ValueError, "compile_config"),
+    (dict(compile=True, cache_implementation="dynamic"), ValueError, "static KV cache"),
+    (dict(compile=True, disable_compile=True), ValueError, "disable_compile"),
+    (dict(compile=True, linear="onednn"), ValueError, "onednn"),
 ]
 
 
@@ -217,3 +226,46 @@ def test_non_finite_logits_are_reported(tiny, monkeypatch):
     enc = tok(["a b", "c d"], return_tensors="pt", padding=True)
     with pytest.raises(pd.NonFiniteLogitsError, match=r"rows \[1\].*step 2"):
         pd.generate(model, **enc, max_new_tokens=12, do_sample=True)
+
+
+def test_compile_is_decided_as_hf_decides(tiny):
+    """compile=None follows HF's _valid_auto_compile_criteria: a static cache asked for by name
+    on an accelerator, or a compile_config that opts in on every device."""
+    from transformers import CompileConfig
+
+    from proxdecode.config import DecodeConfig
+
+    model, tok = tiny
+    ids = tok(["a b"], return_tensors="pt").input_ids
+
+    def resolved(compile=None, **kw):
+        return DecodeConfig.resolve(model, ids, None, steer=0.0, gamma=1.0, seed=0, rewards=None,
+                                    kwargs=dict(max_new_tokens=2, **kw), compile=compile).compile_config
+
+    everywhere = CompileConfig(dynamic=False)
+    everywhere._compile_all_devices = True
+    assert resolved() is None and resolved(cache_implementation="static") is None  # CPU: HF stays eager
+    assert resolved(cache_implementation="static", compile_config=everywhere) is everywhere
+    assert resolved(cache_implementation="static", compile_config=everywhere, disable_compile=True) is None
+    assert resolved(compile_config=everywhere) is None  # the cache was not asked for by name
+    assert isinstance(resolved(compile=True), CompileConfig)
+    assert resolved(compile=False, cache_implementation="static", compile_config=everywhere) is None
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
+def test_compiled_decode_step_matches_eager_and_hf(tiny):
+    """The compiled decode forward (fixed shapes: full-length mask, static cache) gives HF's
+    greedy tokens and the eager path's sampled ones; one compile serves a second call."""
+    from transformers import CompileConfig
+
+    model, tok = tiny
+    enc = tok(PROMPTS[:4], return_tensors="pt", padding=True)
+    cc = CompileConfig(dynamic=False, mode="default")
+    want = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    assert torch.equal(pd.generate(model, **enc, max_new_tokens=12, do_sample=False, compile=True,
+                                   compile_config=cc), want)
+    kw = dict(max_new_tokens=12, do_sample=True, top_k=20, seed=5)
+    torch._dynamo.utils.counters.clear()
+    got = pd.generate(model, **enc, **kw, compile=True, compile_config=cc)
+    assert torch.equal(got, pd.generate(model, **enc, **kw))
+    assert not torch._dynamo.utils.counters["frames"], "the same shapes must not compile again"

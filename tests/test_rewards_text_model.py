@@ -95,13 +95,15 @@ def teacher_forced_logprobs(model, seqs, attention, P):
     return lp.gather(2, seqs[:, P:, None])[:, :, 0]
 
 
-def test_kl_penalty_and_reference_fluency_equal_teacher_forced_forwards(tiny):
+@pytest.mark.parametrize("linear", ["torch", "onednn"])
+def test_kl_penalty_and_reference_fluency_equal_teacher_forced_forwards(tiny, linear):
+    """The oracle runs F.linear; with linear="onednn" policy and reference run packed."""
     model, tok = tiny
     ref, _ = pd.random_model("tiny", seed=1)  # another set of weights, same vocabulary
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
     rewards = pd.Rewards(tok, [KLPenalty(ref, coef=0.2), Fluency(reference=ref, name="ref_fluency"),
                                Fluency()])
-    out = pd.generate(model, **enc, rewards=rewards, steer=0.5, seed=1, **SAMPLE)
+    out = pd.generate(model, **enc, rewards=rewards, steer=0.5, seed=1, linear=linear, **SAMPLE)
     P = enc["input_ids"].shape[1]
     attention = torch.cat([enc["attention_mask"], out.mask.long()], 1)
     seqs = out.sequences
@@ -112,6 +114,14 @@ def test_kl_penalty_and_reference_fluency_equal_teacher_forced_forwards(tiny):
     assert_verbose_allclose(out.reward_components["kl"][m], (-0.2 * (lp_pol - lp_ref))[m], 1e-4, 1e-4, "kl")
     assert_verbose_allclose(out.reward_components["ref_fluency"][m], lp_ref[m], 1e-4, 1e-4, "ref fluency")
     assert_verbose_allclose(out.reward_components["fluency"][m], out.policy_logprobs[m], 1e-5, 1e-5, "fluency")
+
+
+def test_reference_that_onednn_cannot_pack_is_refused_before_decoding(tiny):
+    model, tok = tiny
+    ref, _ = pd.random_model("tiny", seed=1, dtype=torch.float16)
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    with pytest.raises(ValueError, match="float16"):
+        pd.generate(model, **enc, rewards=pd.Rewards(tok, [KLPenalty(ref)]), linear="onednn", **SAMPLE)
 
 
 def test_reference_with_another_vocabulary_is_refused(tiny):

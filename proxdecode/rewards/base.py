@@ -115,6 +115,7 @@ class RewardContext:
     prompt_ids: torch.Tensor | None = None  # [B, P] int64, left-padded
     prompt_mask: torch.Tensor | None = None  # [B, P] 0 on padding
     max_new_tokens: int = 0  # steps this call may run
+    linear: str = "torch"  # how a reference model's linear layers run: the policy's choice
 
 
 @dataclass
@@ -159,7 +160,7 @@ class Rewards:
         return [f.name for f in self.families]
 
     def start(self, model_vocab: int, batch: int, device, tokenizer=None,
-              prompt_ids=None, prompt_mask=None, max_new_tokens: int = 0) -> "RewardRun":
+              prompt_ids=None, prompt_mask=None, max_new_tokens: int = 0, linear: str = "torch") -> "RewardRun":
         """Check this set fits the model, and make the per-call device state."""
         if tokenizer is not None and tokenizer is not self.tokenizer \
                 and tokenizer.get_vocab() != self.tokenizer.get_vocab():
@@ -181,7 +182,7 @@ class Rewards:
         bound = _Bound(self.names, stacked.sum(0) if tables else None, stacked, pos, live, text,
                        self.tokenizer)
         ctx = RewardContext(batch, torch.device(device), model_vocab, prompt_ids, prompt_mask,
-                            max_new_tokens)
+                            max_new_tokens, linear)
         return RewardRun(bound, [f.init(ctx) for _, f in live], model_vocab)
 
 

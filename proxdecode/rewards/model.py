@@ -8,7 +8,8 @@ chosen token it is exactly the term TRL's PPO trainer adds to each step's reward
 
 A reference model runs beside the policy in the same step: it gets its own KV cache,
 prefilled with the same prompts when the call starts and fed the same chosen token each
-step (``engine.Decoder``), so one extra forward per step is all it costs. Its vocabulary
+step (``engine.Decoder``, with the policy's ``linear=`` choice), so one extra forward per
+step is all it costs. Its vocabulary
 must be the policy's: a log-prob difference between two vocabularies means nothing.
 """
 
@@ -56,7 +57,9 @@ class _ReferenceModelReward(Reward):
         if ctx.prompt_ids is None:
             raise ValueError(f"{type(self).__name__}: a reference model needs the prompts (RewardContext.prompt_ids)")
         dev = next(self.reference.parameters()).device
-        decoder = Decoder(self.reference, ctx.max_new_tokens)
+        from ..linear import check_linear
+        check_linear(ctx.linear, self.reference)  # linear="onednn" packs the reference too
+        decoder = Decoder(self.reference, ctx.max_new_tokens, linear=ctx.linear)
         with torch.inference_mode():
             logits = decoder.prefill(ctx.prompt_ids.to(dev), ctx.prompt_mask.to(dev))
         return {"decoder": decoder, "ref_logits": logits, "device": ctx.device}
