@@ -123,3 +123,18 @@ def test_bf16_is_packed_where_the_cpu_can_or_refused_by_name():
     with torch.inference_mode(), packed_forwards(pack_linears(layer, 3)):
         got = layer(x)
     assert_verbose_allclose(got, torch.nn.functional.linear(x, layer.weight, layer.bias), 2e-2, 2e-2, "bf16")
+
+
+def test_packed_weights_follow_an_optimiser_step():
+    """A training loop changes the weights between rollouts: the next packed rollout must see them."""
+    model, tok = pd.random_model("tiny", seed=2)  # its own copy: this test changes its weights
+    enc = tok(["I like to eat", "Today is a"], return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    before = pd.generate(model, **enc, **kw, linear="onednn")
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)
+    model(**enc).logits.float().pow(2).mean().backward()
+    opt.step()
+    got = pd.generate(model, **enc, **kw, linear="onednn")
+    want = pd.generate(model, **enc, **kw)
+    assert not torch.allclose(before.scores[0], want.scores[0], atol=1e-3), "the step must move the logits"
+    assert_verbose_allclose(got.scores[0], want.scores[0], 1e-3, 1e-4, "logits after the update")
