@@ -458,17 +458,23 @@ def section_e2e(rec: Recorder, models, batches, new_tokens, reps, model_dtype):
                         # the decode forward compiled with HF's default CompileConfig: "reduce-overhead",
                         # i.e. captured in a CUDA graph (static cache, fixed-shape mask)
                         runs["pd_triton_compiled"] = lambda: pd_run("triton", compile=True)
-                    times = {k: [] for k in runs}
                     lengths = {}
-                    for k, fn in runs.items():  # warm-up: compiles, autotunes, allocates
+                    for k, fn in list(runs.items()):  # warm-up: compiles, autotunes, allocates
                         try:
                             out = fn()
                         except ValueError as e:  # Rewards refuses a model/tokenizer mismatch
                             if rewards_on and "tokenizer" in str(e):
                                 return {"not_applicable": f"{type(e).__name__}: {e}"}
                             raise
+                        except Exception as e:  # noqa: BLE001 - a failed compile keeps the cell's other paths
+                            if k != "pd_triton_compiled":
+                                raise
+                            notes.append(f"pd_triton_compiled failed: {type(e).__name__}: {str(e)[:300]}")
+                            del runs[k]
+                            continue
                         sync()
                         lengths[k] = int(out.shape[1] - enc["input_ids"].shape[1])
+                    times = {k: [] for k in runs}
                     for _ in range(reps):  # alternating, so drift hits every contender alike
                         for k, fn in runs.items():
                             sync()

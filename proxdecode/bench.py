@@ -83,17 +83,19 @@ def time_generate(model, tok, batch: int, new_tokens: int, runs: int, engine: di
             "speedup": med["hf"] / med["pd"], "hf_s": times["hf"], "pd_s": times["pd"]}
 
 
-def time_cache_ab(model, tok, batch: int, new_tokens: int, runs: int) -> dict:
-    """``pd.generate`` with the static against the dynamic KV cache, alternating."""
+def time_cache_ab(model, tok, batch: int, new_tokens: int, runs: int, engine: dict | None = None) -> dict:
+    """``pd.generate`` with the static against the dynamic KV cache, alternating (both with
+    ``engine``'s other options)."""
     device = next(model.parameters()).device
     enc = _inputs(tok, batch, device)
 
     def call(cache):
-        return lambda n, seed: _call("pd", model, enc, n or new_tokens, seed, {"cache_implementation": cache})
+        return lambda n, seed: _call("pd", model, enc, n or new_tokens, seed,
+                                     dict(engine or {}, cache_implementation=cache))
 
     times = _alternating({"static": call("static"), "dynamic": call("dynamic")}, runs, device)
     med = {c: statistics.median(v) for c, v in times.items()}
-    return {"batch": batch, "new_tokens": new_tokens, "runs": runs, "static_s": times["static"],
+    return {"batch": batch, "new_tokens": new_tokens, "runs": runs, "engine": engine or {}, "static_s": times["static"],
             "dynamic_s": times["dynamic"], "static_speedup": med["dynamic"] / med["static"]}
 
 

@@ -115,7 +115,7 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
     reward_ms = {"pd_rewards": _median_ms(ours), "seed_style": _median_ms(lambda: proc(history, logits))}
     return {
         "batch": batch, "new_tokens": new_tokens, "runs": runs, "steer": steer, "settings": SETTINGS,
-        "stack": rewards.names, "seconds": times, "tok_s": tok_s,
+        "pd_engine": engine or {}, "stack": rewards.names, "seconds": times, "tok_s": tok_s,
         "rewards_vs_none": tok_s["pd_rewards"] / tok_s["pd"],
         "rewards_vs_seed_style": tok_s["pd_rewards"] / tok_s["seed_style"],
         "reward_step_ms": reward_ms,
@@ -241,7 +241,8 @@ def steering(per_prompt: int = 8, new_tokens: int = 32, betas=(0, 1, 2, 4, 8), r
     return {"sentiment": cells, "chosen_beta": best["beta"],
             "polarity_gain": best["polarity"] - base["polarity"],
             "perplexity_ratio": best["perplexity"] / base["perplexity"], "fidelity_spearman": fidelity,
-            "fidelity_n": len(summed), "rule_beta": rule_beta, "tasks": tasks, **_machine()}
+            "fidelity_n": len(summed), "rule_beta": rule_beta, "tasks": tasks, "pd_engine": engine or {},
+            **_machine()}
 
 
 TASKS = [  # the seed's section 6 cases: summarisation (ROUGE/BLEU) and translation (BLEU)

@@ -124,7 +124,7 @@ def cmd_bench(args):
         import proxdecode as pd
 
         model, tok = pd.load_model(dtype=args.dtype, device=args.device)
-        rows = [bench.time_cache_ab(model, tok, b, args.new_tokens, args.runs) for b in args.batch]
+        rows = [bench.time_cache_ab(model, tok, b, args.new_tokens, args.runs, _engine(args)) for b in args.batch]
         for r in rows:
             print(f"batch {r['batch']}: static cache {r['static_speedup']:.3f}x the dynamic one "
                   f"(median of {r['runs']} alternating runs)", file=sys.stderr)
@@ -136,7 +136,8 @@ def cmd_bench(args):
     engine = dict(_engine(args), cache_implementation=args.cache)
     res = bench.run(tuple(args.batch), args.new_tokens, args.runs, args.dtype, args.device,
                     memory=not args.no_memory, out_path=args.out, engine=engine)
-    table = Table(title=f"pd.generate (step {args.backend}, linear {args.linear}) vs model.generate, "
+    table = Table(title=f"pd.generate (step {args.backend}, linear {args.linear}, compile {args.compile}) "
+                        "vs model.generate, "
                         f"{res['model']} {args.dtype}, "
                         f"{args.new_tokens} new tokens, {bench.SETTINGS}")
     for c in ("batch", "HF tok/s", "pd tok/s", "speedup", "HF peak MiB", "pd peak MiB"):
@@ -235,12 +236,12 @@ def _engine_args(p):
                    help="decode step implementation (auto: C++ on CPU, Triton on CUDA)")
     p.add_argument("--linear", default="torch", choices=["torch", "onednn"],
                    help="the model's linear layers: torch (HF's exact logits) or onednn (packed weights, CPU)")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the decode forward (default: as HF decides; one compile per shape)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the decode forward, or not (default: as HF decides; one compile per shape)")
 
 
 def _engine(args) -> dict:
-    return dict(backend=args.backend, linear=args.linear, compile=True if args.compile else None)
+    return dict(backend=args.backend, linear=args.linear, compile=args.compile)
 
 
 def known_rewards():

@@ -86,7 +86,9 @@ class DecodeConfig:
     stop_strings: tuple[str, ...] = ()
     static_cache: bool = True  # False: HF's DynamicCache (cache_implementation="dynamic")
     backend: str = "auto"  # the step implementation: auto | torch | triton | cpp
-    compile_config: Any = None  # a transformers CompileConfig: compile the decode forward; None: eager
+    compile: bool = False  # compile the decode-step forward
+    compile_required: bool = False  # the caller asked (compile=True): no eager fallback
+    compile_config: Any = None  # the transformers CompileConfig to compile with; None: HF's default
     linear: str = "torch"  # the linear layers: torch (F.linear) | onednn (packed, CPU)
 
     @staticmethod
@@ -165,10 +167,10 @@ class DecodeConfig:
         from .step import BACKENDS
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        compile_config = _compile_config(model, gc, cache_impl, compile)
+        do_compile = _decide_compile(model, gc, cache_impl, compile)
         from .linear import check_linear
         check_linear(linear, model)
-        if linear == "onednn" and compile_config is not None:
+        if linear == "onednn" and do_compile:
             raise ValueError("linear='onednn' and compile do not combine (inductor cannot lower oneDNN's "
                              "packed weights); pass compile=False or linear='torch'")
         return DecodeConfig(
@@ -179,8 +181,8 @@ class DecodeConfig:
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
-            static_cache=cache_impl != "dynamic", backend=backend, compile_config=compile_config,
-            linear=linear)
+            static_cache=cache_impl != "dynamic", backend=backend, compile=do_compile,
+            compile_required=compile is True, compile_config=gc.compile_config, linear=linear)
 
     def row_seeds(self, batch: int) -> list[int]:
         """One Philox key per output row (prompt-major, as HF orders num_return_sequences)."""
@@ -192,31 +194,33 @@ class DecodeConfig:
         return [row_seed(s, r) for s in base for r in range(self.num_return_sequences)]
 
 
-def _compile_config(model, gc, cache_impl, compile):
-    """The ``CompileConfig`` to compile the decode forward with, or None to run it eager.
+def _decide_compile(model, gc, cache_impl, compile) -> bool:
+    """Whether to compile the decode-step forward.
 
     ``compile=None`` decides as HF's ``generate`` does (``_valid_auto_compile_criteria``): a
-    static cache asked for by name, ``disable_compile`` unset, and a CUDA/XPU model or a
-    ``compile_config`` with ``_compile_all_devices``. ``True`` compiles on any device (on
-    this project's CPU: 1.0-1.2x a rollout of the default model at batch 8, after a first
-    compile of ~75 s per ``(batch, prompt length, max_new_tokens)``; see README).
+    static cache asked for by name, ``disable_compile`` unset, a CUDA/XPU/Neuron/TPU model or
+    a ``compile_config`` with ``_compile_all_devices``, and no quantiser that cannot compile
+    or CPU/disk offload. ``True`` compiles on any device (on this project's CPU: 1.0-1.2x a
+    rollout of the default model at batch 8, after a first compile of ~75 s per
+    ``(batch, prompt length, max_new_tokens)``; see README).
     """
-    from transformers import CompileConfig
-
     if compile is not None and not isinstance(compile, bool):
         raise TypeError(f"compile must be True, False or None (HF's rule), got {compile!r}")
+    if compile is True:
+        if gc.disable_compile:
+            raise ValueError("compile=True contradicts disable_compile=True; pass one of them")
+        if cache_impl == "dynamic":
+            raise ValueError("compile=True needs the static KV cache (cache_implementation='static' or None), "
+                             "got cache_implementation='dynamic'")
+        return True
+    if compile is False or cache_impl != "static" or gc.disable_compile:
+        return False
     cc = gc.compile_config  # HF's GenerationConfig checked its type
-    if compile is None:
-        compile = (cache_impl == "static" and not gc.disable_compile
-                   and (model.device.type in ("cuda", "xpu") or bool(cc and cc._compile_all_devices)))
-    elif compile and gc.disable_compile:
-        raise ValueError("compile=True contradicts disable_compile=True; pass one of them")
-    elif compile and cache_impl == "dynamic":
-        raise ValueError("compile=True needs the static KV cache (cache_implementation='static' or None), "
-                         "got cache_implementation='dynamic'")
-    if not compile:
-        return None
-    return cc if cc is not None else (getattr(model.generation_config, "compile_config", None) or CompileConfig())
+    hardware = model.device.type in ("cuda", "xpu", "neuron", "tpu") or bool(cc and cc._compile_all_devices)
+    quantizer = getattr(model, "hf_quantizer", None)
+    devices = set(getattr(model, "hf_device_map", {}).values())
+    offloaded = "disk" in devices or ("cpu" in devices and len(devices) > 1)
+    return hardware and (quantizer is None or quantizer.is_compileable) and not offloaded
 
 
 def _check_int(name: str, value, low: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 
 import torch
 
@@ -43,6 +44,23 @@ def _make_cache(model, max_len: int, static: bool):
     return DynamicCache()
 
 
+# model -> ((batch, cache length, dtype, device), StaticCache) of its compiled decoder; weak on the model
+_COMPILED_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _cache_key(model, batch: int, max_len: int) -> tuple:
+    return batch, max_len, model.dtype, model.device
+
+
+def _compiled_cache(model, batch: int, max_len: int):
+    """The static cache a compiled decoder of this model used last, reset, if the shape fits."""
+    hit = _COMPILED_CACHES.get(model)
+    if hit is None or hit[0] != _cache_key(model, batch, max_len):
+        return None
+    hit[1].reset()
+    return hit[1]
+
+
 class Decoder:
     """A model and its KV cache, fed one token per row per step.
 
@@ -53,18 +71,22 @@ class Decoder:
     (``KLPenalty``, ``Fluency(reference=...)``) drive their own beside it.
 
     With the static cache every decode step has the same shapes: ``[B, 1]`` tokens and
-    positions, and the attention mask at its full ``[B, P + T]`` length (the cache's own
-    write position keeps the slots not yet written out of the causal mask). So a
-    ``compiled`` forward (``model.get_compiled_call``, HF's cached ``torch.compile`` of the
-    model) compiles once per ``(B, P, T)``; the prefill always runs eager, as in gpt-fast and
-    HF, since its shapes change with every prompt batch. ``linear="onednn"`` runs the linear
-    layers on oneDNN-packed weights for the length of each forward (``linear.py``).
+    positions, and the attention mask at its full ``[B, P + T]`` length, zero on the slots
+    not yet written and set to one, in place, as each is (so it means what HF's growing mask
+    means, for every attention implementation). So a ``compiled`` forward
+    (``model.get_compiled_call``, HF's cached ``torch.compile`` of the model) compiles once
+    per ``(B, P, T)``; the prefill always runs eager, as in gpt-fast and HF, since its shapes
+    change with every prompt batch. A compiled decoder reuses one static cache per model and
+    shape, as HF's ``generate`` keeps ``model._cache``: CUDA graphs are recorded against
+    fixed addresses. ``compile_required=False`` (HF's automatic choice) runs eager where the
+    model has no static cache; True raises. ``linear="onednn"`` runs the linear layers on
+    oneDNN-packed weights (``linear.py``), packed at the prefill, dropped with the decoder.
     """
 
     def __init__(self, model, max_new_tokens: int, static_cache: bool = True, compiled=None,
-                 linear: str = "torch"):
+                 linear: str = "torch", compile_required: bool = False):
         self.model, self.T, self.static, self.compiled = model, max_new_tokens, static_cache, compiled
-        self.linear = linear
+        self.linear, self.compile_required = linear, compile_required
         params = inspect.signature(type(model).forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.24 : older
 
@@ -78,19 +100,25 @@ class Decoder:
         from transformers import StaticCache
 
         B, P = ids.shape
-        self.cache = _make_cache(self.model, P + self.T, self.static)
+        reused = _compiled_cache(self.model, B, P + self.T) if self.compiled is not None else None
+        self.cache = reused or _make_cache(self.model, P + self.T, self.static)
         self.fixed_shapes = isinstance(self.cache, StaticCache)
         if self.compiled is not None and not self.fixed_shapes:
-            raise ValueError(f"compile=True needs the static KV cache, which {type(self.model).__name__} "
-                             "does not support; pass compile=False")
+            if self.compile_required:
+                raise ValueError(f"compile=True needs the static KV cache, which {type(self.model).__name__} "
+                                 "does not support; pass compile=False")
+            self.compiled = None  # HF's automatic choice: eager where the cache cannot be static
+        if self.compiled is not None and reused is None:
+            _COMPILED_CACHES[self.model] = (_cache_key(self.model, B, P + self.T), self.cache)
         self.packed = pack_linears(self.model, B) if self.linear == "onednn" else []
-        self.full_mask = torch.cat([mask, mask.new_ones(B, self.T)], 1)  # [B, P+T]
+        self.full_mask = torch.cat([mask, mask.new_zeros(B, self.T)], 1)  # [B, P+T]: 1 once written
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # [B, P]
         self.last_pos, self.P, self.t = positions[:, -1:], P, 0  # [B, 1]
         return self._run(self.model, ids, positions, mask)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.t += 1
+        self.full_mask[:, self.P + self.t - 1] = 1  # the slot this token is written to
         mask = self.full_mask if self.fixed_shapes else self.full_mask[:, : self.P + self.t]  # [B, P+T]
         return self._run(self.compiled or self.model, tokens[:, None], self.last_pos + self.t, mask)
 
@@ -115,13 +143,14 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
             ``"torch"`` (the reference), ``"cpp"`` or ``"triton"``.
         compile: compile the decode-step forward (``model.get_compiled_call`` with
             ``compile_config``; the prefill stays eager). None decides as HF does: only with
-            ``cache_implementation="static"`` on CUDA/XPU (or ``compile_config._compile_all_devices``)
-            unless ``disable_compile``. True compiles on any device; it needs the static cache.
+            ``cache_implementation="static"`` on an accelerator (or ``compile_config.
+            _compile_all_devices``) unless ``disable_compile``, and eager where the model has
+            no static cache. True compiles on any device; it needs the static cache.
             One compile per ``(batch, prompt length, max_new_tokens)``, then cached.
         linear: the model's linear layers: ``"torch"`` (``F.linear``, HF's exact logits) or
-            ``"onednn"`` (CPU: weights packed once for oneDNN, ~2.8x on the matmuls and
-            ~1.5x end to end on the default model at batch 8; logits differ by fp32
-            rounding; see ``linear.py``).
+            ``"onednn"`` (CPU: weights packed for oneDNN at the start of the call, ~1.5x on
+            the default model's matmuls at batch 8; logits differ by fp32 rounding; see
+            ``linear.py``). Reference models of rewards follow it; ``compile`` they do not.
         **generate_kwargs: HF's generate arguments (see ``config.SUPPORTED_ARGS``).
 
     Returns:
@@ -170,8 +199,8 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         streamer.put(ids.cpu())
 
     step_fn = select_step(cfg.backend, device)
-    compiled = model.get_compiled_call(cfg.compile_config) if cfg.compile_config is not None else None
-    decoder = Decoder(model, T, cfg.static_cache, compiled, cfg.linear)
+    compiled = model.get_compiled_call(cfg.compile_config) if cfg.compile else None
+    decoder = Decoder(model, T, cfg.static_cache, compiled, cfg.linear, cfg.compile_required)
     if T > 0:
         logits = decoder.prefill(ids, mask)
     for t in range(T):

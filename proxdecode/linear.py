@@ -1,39 +1,37 @@
-"""oneDNN-packed linear layers: the CPU decode step's matmuls at the memory's speed.
+"""oneDNN-packed linear layers: the CPU decode step's matmuls closer to the memory's speed.
 
 Why: a decode step multiplies a few rows (one per sequence) by every weight matrix of the
 model, so it should run as fast as the weights stream from memory. ``F.linear`` on x86
-calls MKL's sgemm, which for so few rows reaches 2-3 GB/s on this project's 2-core AMD
-EPYC, out of ~15 GB/s the machine reads at; oneDNN, with each weight reordered once into
-its blocked layout, reaches ~7 GB/s (``python benchmarks/bench_linear.py``): ~2.5x on the
-matmuls, which are ~85% of a decode step of the default model. vLLM's CPU backend makes the
-same choice for unquantised linear layers (oneDNN GEMM on prepacked weights).
+calls MKL's sgemm, which for so few rows reaches 2.5-6 GB/s on this project's 2-core AMD
+EPYC, of the 15-25 GB/s the machine reads the same weights at; oneDNN, with each weight
+reordered once into its blocked layout, reaches 4-13 GB/s (``make bench-linear``): over
+the default model's 211 layers, 1.5x at 8 rows (2.5x on the 49,152-row LM head, ~1.0-1.2x
+on the small attention projections), and the matmuls are most of a decode step. vLLM's CPU
+backend makes the same choice for unquantised linear layers (oneDNN GEMM, prepacked).
 
 Costs, and why this is opt-in (``pd.generate(..., linear="onednn")``):
 - the packed copies are a second copy of every linear weight (~540 MB for the 135M default
-  model in fp32) and take ~0.1 s to make. They are cached per layer and remade only when
-  the weight changes (an optimiser step bumps its version) or the batch size does, so a
-  training loop pays one repack per update;
+  model in fp32) and take ~0.1 s to make. They are made at the start of each ``generate``
+  call and dropped at its end: nothing outlives the call, and nothing can go stale when
+  the weights change between calls (an optimiser step, ``param.data`` writes of an EMA or
+  an adapter merge, none of which a cache could reliably see);
 - oneDNN sums in another order than MKL: logits differ by fp32 rounding, so greedy tokens
   can differ from HF's where two candidates nearly tie. The default (``"torch"``) keeps
   ``F.linear`` and HF's exact tokens.
 
 Only plain ``nn.Linear`` layers with fp32 weights on the CPU are packed (bf16 needs a CPU
 with AVX-512 or AVX-NE-CONVERT, checked up front); a layer whose ``forward`` something else
-already replaced (accelerate's offload hooks) is left alone. The swap lasts one forward
-call: nothing of the model is changed outside it.
+already replaced (accelerate's offload hooks) or that has hooks is left alone. The swap
+lasts one forward call: nothing of the model is changed outside it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import weakref
 
 import torch
 
 LINEARS = ("torch", "onednn")
-
-# nn.Linear -> (cache key, packed weight); weak, so a dropped model frees its packed copies
-_PACKED: "weakref.WeakKeyDictionary[torch.nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
 
 def _packable(m: torch.nn.Module) -> bool:
@@ -65,22 +63,6 @@ def check_linear(linear: str, model) -> None:
             raise ValueError(f"linear='onednn' with bfloat16 weights: {e}; use float32 or linear='torch'") from None
 
 
-def _packed_weight(m: torch.nn.Linear, batch: int) -> torch.Tensor:
-    """The layer's weight in oneDNN's blocked layout for ``batch`` rows, made once, cached."""
-    w = m.weight
-    try:
-        version = w._version
-    except RuntimeError:  # an inference tensor keeps no version: repack, it may have changed
-        version = None
-    key = (w.data_ptr(), version, w.dtype, batch)
-    hit = _PACKED.get(m)
-    if version is not None and hit is not None and hit[0] == key:
-        return hit[1]
-    packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch)  # opaque mkldnn tensor
-    _PACKED[m] = (key, packed)
-    return packed
-
-
 def _packed_forward(packed: torch.Tensor, bias, out_features: int):
     def forward(x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")  # [N, out]
@@ -95,10 +77,11 @@ def pack_linears(model: torch.nn.Module, batch: int) -> list:
         model: a CPU model with fp32 (or, where the CPU has it, bf16) linear weights; check
             it first with :func:`check_linear`.
         batch: the rows of a decode step (the reorder's size hint).
-    Packs only what changed since the last call (cached per layer). Inference only: the
-    packed op has no backward.
+    Copies every weight (the packed layout); the copies live as long as the list. Inference
+    only: the packed op has no backward.
     """
-    return [(m, _packed_forward(_packed_weight(m, batch), m.bias, m.out_features))
+    return [(m, _packed_forward(torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch),
+                                m.bias, m.out_features))
             for m in model.modules() if _packable(m)]
 
 
@@ -113,4 +96,4 @@ def packed_forwards(packed: list):
         yield
     finally:
         for m in swapped:
-            del m.forward
+            m.__dict__.pop("forward", None)

@@ -43,3 +43,23 @@ def assert_verbose_allclose(actual, expected, atol, rtol, name="value"):
             f"{name}: {int(bad.sum())}/{bad.numel()} mismatched (atol={atol}, rtol={rtol}); first at "
             f"{idx}; worst flat index {worst}: {actual.flatten()[worst].item()} vs "
             f"{expected.flatten()[worst].item()}")
+
+
+@pytest.fixture
+def packed_calls(monkeypatch):
+    """Counts forwards that ran on packed weights, per model packed: proof the option reached them."""
+    import proxdecode.linear as linear
+
+    calls = {}
+    pack = linear.pack_linears
+
+    def counting_pack(model, batch):
+        def counted(forward):
+            def run(x):
+                calls[id(model)] = calls.get(id(model), 0) + 1
+                return forward(x)
+            return run
+        return [(m, counted(f)) for m, f in pack(model, batch)]
+
+    monkeypatch.setattr("proxdecode.engine.pack_linears", counting_pack)
+    return calls

@@ -40,13 +40,15 @@ def test_demo_shows_both_columns(real, capsys):
     assert "steer = 0" in out and "steer = 2" in out and "I like to eat" in out and "Today is a" in out
 
 
-def test_engine_flags_reach_generate(real, capsys):
+def test_engine_flags_reach_generate(real, capsys, packed_calls):
     """--linear onednn runs the packed forward (same greedy tokens here as the torch path's);
     --compile with it is refused by name, as pd.generate refuses it."""
     args = ["generate", "I like to eat", "--greedy", "--max-new-tokens", "8", "--json"]
     main(args)
     want = json.loads(capsys.readouterr().out)["completions"][0]["tokens"]
+    assert not packed_calls
     main(args + ["--linear", "onednn"])
     assert json.loads(capsys.readouterr().out)["completions"][0]["tokens"] == want
+    assert sum(packed_calls.values()) > 0, "--linear onednn did not reach the model's forward"
     with pytest.raises(SystemExit, match="onednn"):
         main(args + ["--linear", "onednn", "--compile"])

@@ -9,6 +9,7 @@ import torch
 from transformers import GenerationConfig
 
 import proxdecode as pd
+from conftest import assert_verbose_allclose
 from proxdecode.config import PENALTY_SKIPS_LEFT_PADDING
 
 PROMPTS = ["I like to eat", "Today is a", "The capital of France is",
@@ -239,33 +240,57 @@ def test_compile_is_decided_as_hf_decides(tiny):
     ids = tok(["a b"], return_tensors="pt").input_ids
 
     def resolved(compile=None, **kw):
-        return DecodeConfig.resolve(model, ids, None, steer=0.0, gamma=1.0, seed=0, rewards=None,
-                                    kwargs=dict(max_new_tokens=2, **kw), compile=compile).compile_config
+        cfg = DecodeConfig.resolve(model, ids, None, steer=0.0, gamma=1.0, seed=0, rewards=None,
+                                   kwargs=dict(max_new_tokens=2, **kw), compile=compile)
+        return cfg.compile, cfg.compile_required
 
     everywhere = CompileConfig(dynamic=False)
     everywhere._compile_all_devices = True
-    assert resolved() is None and resolved(cache_implementation="static") is None  # CPU: HF stays eager
-    assert resolved(cache_implementation="static", compile_config=everywhere) is everywhere
-    assert resolved(cache_implementation="static", compile_config=everywhere, disable_compile=True) is None
-    assert resolved(compile_config=everywhere) is None  # the cache was not asked for by name
-    assert isinstance(resolved(compile=True), CompileConfig)
-    assert resolved(compile=False, cache_implementation="static", compile_config=everywhere) is None
+    assert resolved() == resolved(cache_implementation="static") == (False, False)  # CPU: HF stays eager
+    assert resolved(cache_implementation="static", compile_config=everywhere) == (True, False)
+    assert resolved(cache_implementation="static", compile_config=everywhere, disable_compile=True) == (False, False)
+    assert resolved(compile_config=everywhere) == (False, False)  # the cache was not asked for by name
+    assert resolved(compile=True) == (True, True)
+    assert resolved(compile=False, cache_implementation="static", compile_config=everywhere) == (False, False)
+
+
+def test_automatic_compile_runs_eager_where_the_cache_cannot_be_static(tiny, monkeypatch):
+    """HF compiles only with a compileable cache; compile=True insists and says why."""
+    from transformers import CompileConfig, DynamicCache
+
+    model, tok = tiny
+    monkeypatch.setattr("proxdecode.engine._make_cache", lambda *a: DynamicCache())
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    everywhere = CompileConfig()
+    everywhere._compile_all_devices = True
+    want = model.generate(**enc, max_new_tokens=5, do_sample=False)
+    got = pd.generate(model, **enc, max_new_tokens=5, do_sample=False, cache_implementation="static",
+                      compile_config=everywhere)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="compile=True needs the static KV cache"):
+        pd.generate(model, **enc, max_new_tokens=5, compile=True)
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
 def test_compiled_decode_step_matches_eager_and_hf(tiny):
     """The compiled decode forward (fixed shapes: full-length mask, static cache) gives HF's
-    greedy tokens and the eager path's sampled ones; one compile serves a second call."""
+    greedy tokens and logits, and the eager path's sampled tokens; a second call with the
+    same shapes compiles nothing."""
     from transformers import CompileConfig
 
     model, tok = tiny
     enc = tok(PROMPTS[:4], return_tensors="pt", padding=True)
     cc = CompileConfig(dynamic=False, mode="default")
-    want = model.generate(**enc, max_new_tokens=12, do_sample=False)
-    assert torch.equal(pd.generate(model, **enc, max_new_tokens=12, do_sample=False, compile=True,
-                                   compile_config=cc), want)
+    greedy = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    want = model.generate(**enc, **greedy)
+    got = pd.generate(model, **enc, **greedy, compile=True, compile_config=cc)
+    assert torch.equal(got.sequences, want.sequences)
+    for t, (a, b) in enumerate(zip(got.scores, want.scores)):  # pd's scores: -inf outside the top-k set
+        kept = torch.isfinite(a)  # [B, V]
+        assert kept.any(1).all()
+        assert_verbose_allclose(a[kept], b[kept], 1e-4, 1e-4, f"step {t} logits")
     kw = dict(max_new_tokens=12, do_sample=True, top_k=20, seed=5)
     torch._dynamo.utils.counters.clear()
-    got = pd.generate(model, **enc, **kw, compile=True, compile_config=cc)
-    assert torch.equal(got, pd.generate(model, **enc, **kw))
+    sampled = pd.generate(model, **enc, **kw, compile=True, compile_config=cc)
+    assert torch.equal(sampled, pd.generate(model, **enc, **kw))
     assert not torch._dynamo.utils.counters["frames"], "the same shapes must not compile again"

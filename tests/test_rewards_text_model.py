@@ -96,7 +96,7 @@ def teacher_forced_logprobs(model, seqs, attention, P):
 
 
 @pytest.mark.parametrize("linear", ["torch", "onednn"])
-def test_kl_penalty_and_reference_fluency_equal_teacher_forced_forwards(tiny, linear):
+def test_kl_penalty_and_reference_fluency_equal_teacher_forced_forwards(tiny, linear, packed_calls):
     """The oracle runs F.linear; with linear="onednn" policy and reference run packed."""
     model, tok = tiny
     ref, _ = pd.random_model("tiny", seed=1)  # another set of weights, same vocabulary
@@ -104,6 +104,8 @@ def test_kl_penalty_and_reference_fluency_equal_teacher_forced_forwards(tiny, li
     rewards = pd.Rewards(tok, [KLPenalty(ref, coef=0.2), Fluency(reference=ref, name="ref_fluency"),
                                Fluency()])
     out = pd.generate(model, **enc, rewards=rewards, steer=0.5, seed=1, linear=linear, **SAMPLE)
+    # both reference families step the same reference model: a KL and a fluency decoder
+    assert sorted(packed_calls) == (sorted([id(model), id(ref)]) if linear == "onednn" else [])
     P = enc["input_ids"].shape[1]
     attention = torch.cat([enc["attention_mask"], out.mask.long()], 1)
     seqs = out.sequences
