@@ -200,8 +200,8 @@ def _decide_compile(model, gc, cache_impl, compile) -> bool:
     ``compile=None`` decides as HF's ``generate`` does (``_valid_auto_compile_criteria``): a
     static cache asked for by name, ``disable_compile`` unset, a CUDA/XPU/Neuron/TPU model or
     a ``compile_config`` with ``_compile_all_devices``, and no quantiser that cannot compile
-    or CPU/disk offload. ``True`` compiles on any device (on this project's CPU: 1.0-1.2x a
-    rollout of the default model at batch 8, after a first compile of ~75 s per
+    or CPU/disk offload. ``True`` compiles on any device (on this project's CPU: ~1.0-1.2x a
+    rollout of the default model at batch 8 over eager, after a first compile of ~75 s per
     ``(batch, prompt length, max_new_tokens)``; see README).
     """
     if compile is not None and not isinstance(compile, bool):

@@ -2,11 +2,11 @@
 
 Why: a decode step multiplies a few rows (one per sequence) by every weight matrix of the
 model, so it should run as fast as the weights stream from memory. ``F.linear`` on x86
-calls MKL's sgemm, which for so few rows reaches 2.5-6 GB/s on this project's 2-core AMD
-EPYC, of the 15-25 GB/s the machine reads the same weights at; oneDNN, with each weight
-reordered once into its blocked layout, reaches 4-13 GB/s (``make bench-linear``): over
-the default model's 211 layers, 1.5x at 8 rows (2.5x on the 49,152-row LM head, ~1.0-1.2x
-on the small attention projections), and the matmuls are most of a decode step. vLLM's CPU
+calls MKL's sgemm, which for so few rows reaches 2-6 GB/s on this project's 2-core AMD
+EPYC, of the 11-25 GB/s the machine reads the same weights at; oneDNN, with each weight
+reordered once into its blocked layout, reaches 3-13 GB/s (``make bench-linear``): over
+the default model's 211 layers, 1.5-1.8x at 8 rows (2.5-3.3x on the 49,152-row LM head,
+~1.0-1.3x on the small attention projections), and the matmuls are most of a decode step. vLLM's CPU
 backend makes the same choice for unquantised linear layers (oneDNN GEMM, prepacked).
 
 Costs, and why this is opt-in (``pd.generate(..., linear="onednn")``):
