@@ -101,7 +101,7 @@ class Decoder:
 
         B, P = ids.shape
         reused = _compiled_cache(self.model, B, P + self.T) if self.compiled is not None else None
-        self.cache = reused or _make_cache(self.model, P + self.T, self.static)
+        self.cache = reused if reused is not None else _make_cache(self.model, P + self.T, self.static)
         self.fixed_shapes = isinstance(self.cache, StaticCache)
         if self.compiled is not None and not self.fixed_shapes:
             if self.compile_required:
