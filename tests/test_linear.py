@@ -76,13 +76,14 @@ def test_generate_follows_the_torch_path_up_to_near_ties(request, which, packed_
     assert all("forward" not in m.__dict__ for m in model.modules()), "a layer kept the packed forward"
 
 
-def test_generate_with_packed_linears_steers_and_samples(tiny):
+def test_generate_with_packed_linears_steers_and_samples(tiny, packed_calls):
     model, tok = tiny
     enc = tok(["I like to eat", "Today is a"], return_tensors="pt", padding=True)
     rewards = pd.Rewards(tok, [pd.rewards.EndsWith(".")])
     kw = dict(max_new_tokens=8, do_sample=True, top_k=20, seed=3, rewards=rewards, steer=2.0)
     a, b = pd.generate(model, **enc, **kw), pd.generate(model, **enc, **kw, linear="onednn")
     assert a.tokens.shape[0] == b.tokens.shape[0] == 2
+    assert packed_calls[id(model)] > 0, "the packed forwards did not run"
     assert_verbose_allclose(b.logprobs[:, :1], a.logprobs[:, :1], 1e-4, 1e-4, "first step's log-probs")
 
 
