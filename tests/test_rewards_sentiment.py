@@ -126,6 +126,23 @@ def totals_vs_textblob(sentiment_rewards, texts):
     return got, want
 
 
+def test_tables_ignore_the_padding_a_tokenizer_call_left_behind(tiny):
+    """``tok(..., padding=True)`` leaves padding switched on in the fast backend; spelling the
+    lexicon's forms must not see it (it padded "GOOD" with <|im_end|> and lost the word)."""
+    from proxdecode.rewards.sentiment import _build
+
+    _, tok = tiny
+    tok.backend_tokenizer.no_padding()
+    clean = _build(tok)
+    tok(["a b c", "d"], padding=True)
+    assert tok.backend_tokenizer.padding is not None, "the state this test is about"
+    padded = _build(tok)
+    for k in ("root", "start", "deg", "edge_tok", "edge_kid", "edge_adopt", "uidx"):
+        assert torch.equal(padded[k], clean[k]), k
+    for f, x in clean["D"].items():
+        assert torch.equal(padded["D"][f], x), f
+
+
 def test_sentiment_equals_textblob_on_short_phrases(sentiment_rewards):
     got, want = totals_vs_textblob(sentiment_rewards, PHRASES)
     assert dict(zip(PHRASES, got)) == pytest.approx(dict(zip(PHRASES, want)), abs=1e-6)

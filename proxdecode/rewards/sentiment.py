@@ -170,9 +170,9 @@ def _build(tokenizer) -> dict:
     forms |= {f for es in EMOTICONS.values() for e in es for c in {e, e.lower()} for f in (c, " " + c)
               if not any(q in c for q in _QUOTES)}
     forms = sorted(forms)
-    fast = getattr(tokenizer, "backend_tokenizer", None)
-    spelled = [e.ids for e in fast.encode_batch(forms, add_special_tokens=False)] if fast is not None \
-        else tokenizer(forms, add_special_tokens=False)["input_ids"]
+    # through the tokenizer's own call, which sets padding per call: its fast backend alone keeps
+    # the padding of the caller's last tok(..., padding=True) and would pad every form
+    spelled = tokenizer(forms, add_special_tokens=False, padding=False, truncation=False)["input_ids"]
     kids: list[dict[int, int]] = []
     root: dict[int, int] = {}
     node_rows, complete = [], []
