@@ -456,8 +456,11 @@ def section_e2e(rec: Recorder, models, batches, new_tokens, reps, model_dtype):
                             "hf_generate": lambda: model.generate(**enc, **gen)}
                     if shape == models[0] and B == batches[1]:  # one cell: the compile is minutes
                         # the decode forward compiled with HF's default CompileConfig: "reduce-overhead",
-                        # i.e. captured in a CUDA graph (static cache, fixed-shape mask)
+                        # i.e. captured in a CUDA graph (static cache, fixed-shape mask); with the
+                        # Triton step eager beside it, and with the whole step compiled (backend auto:
+                        # rewards + the torch step fused by inductor, engine.sample_one)
                         runs["pd_triton_compiled"] = lambda: pd_run("triton", compile=True)
+                        runs["pd_compiled_step"] = lambda: pd_run("auto", compile=True)
                     lengths = {}
                     for k, fn in list(runs.items()):  # warm-up: compiles, autotunes, allocates
                         try:
@@ -467,9 +470,9 @@ def section_e2e(rec: Recorder, models, batches, new_tokens, reps, model_dtype):
                                 return {"not_applicable": f"{type(e).__name__}: {e}"}
                             raise
                         except Exception as e:  # noqa: BLE001 - a failed compile keeps the cell's other paths
-                            if k != "pd_triton_compiled":
+                            if k not in ("pd_triton_compiled", "pd_compiled_step"):
                                 raise
-                            notes.append(f"pd_triton_compiled failed: {type(e).__name__}: {str(e)[:300]}")
+                            notes.append(f"{k} failed: {type(e).__name__}: {str(e)[:300]}")
                             del runs[k]
                             continue
                         sync()
@@ -489,15 +492,16 @@ def section_e2e(rec: Recorder, models, batches, new_tokens, reps, model_dtype):
                            "ratio_pd_triton_over_hf": round(med["hf_generate"] / med["pd_triton"], 3),
                            "ratio_pd_triton_over_pd_torch": round(med["pd_torch"] / med["pd_triton"], 3),
                            "runs": reps}
-                    if "pd_triton_compiled" in med:
-                        res["ratio_pd_triton_compiled_over_hf"] = round(med["hf_generate"] / med["pd_triton_compiled"], 3)
+                    for k in ("pd_triton_compiled", "pd_compiled_step"):
+                        if k in med:
+                            res[f"ratio_{k}_over_hf"] = round(med["hf_generate"] / med[k], 3)
                     if rewards_on:
                         res["note"] = "hf_generate runs without rewards: the ratio includes the rewards' cost"
                     if notes:
                         res["notes"] = sorted(set(notes))
                     return res
                 need = 20 if ARGS.smoke else (15 + 0.1 * B) * (1 if shape != "llama-1b" else 1.5)
-                need += 90 if shape == models[0] and B == batches[1] else 0  # the compile
+                need += 120 if shape == models[0] and B == batches[1] else 0  # the compiles
                 rec.guarded("e2e", "e2e", {"model": shape, "B": B, "rewards": rewards_on,
                                            "settings": dict(MAIN, max_new_tokens=new_tokens, steer=2.0 if rewards_on else 0.0),
                                            "model_dtype": str(model_dtype).split(".")[-1]}, run, need_s=need)

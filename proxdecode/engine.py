@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import weakref
+from dataclasses import dataclass
 
 import torch
 
@@ -21,7 +22,7 @@ from .linear import pack_linears, packed_forwards
 from .returns import discounted_returns
 from .rewards.text import RewardError
 from .rollout import Rollout
-from .step import select_step
+from .step import sample_step, select_step
 
 SYNC_EVERY = 8
 
@@ -123,6 +124,77 @@ class Decoder:
         return self._run(self.compiled or self.model, tokens[:, None], self.last_pos + self.t, mask)
 
 
+@dataclass
+class _Buffers:
+    """The call's per-row state; each step writes its column ``t`` in place (the logits' device)."""
+
+    seeds: torch.Tensor  # [B] int64 Philox keys
+    eos: torch.Tensor  # [E] int64
+    seqs: torch.Tensor  # [B, P+T] int64, pad after the prompt until written
+    alive: torch.Tensor  # [B] bool: no EOS / stop string yet
+    out_mask: torch.Tensor  # [B, T] bool: the row was alive at step t
+    logprobs: torch.Tensor  # [B, T] under the distribution sampled from
+    policy_logprobs: torch.Tensor  # [B, T] under the raw model
+    comps: torch.Tensor  # [F, B, T] weighted reward of each family
+    first_bad: torch.Tensor  # [B] int64: first step with unusable logits, -1 while none
+    seen: torch.Tensor | None  # [B, V] bool: tokens so far, for the repetition penalty
+    P: int  # prompt length
+
+
+def _put(buf: torch.Tensor, dim: int, t, value: torch.Tensor) -> None:
+    """``buf``'s slice ``t`` along ``dim`` = ``value``: ``t`` an int (eager) or a 0-d tensor
+    (compiled: a tensor index keeps one graph for every step, where an int would recompile)."""
+    if isinstance(t, int):
+        buf.select(dim, t).copy_(value)
+    else:
+        buf.index_copy_(dim, t.reshape(1), value.unsqueeze(dim))
+
+
+def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Tensor, t, suppress: bool):
+    """Everything of step ``t`` after the forward: score the candidates (when steering), pick
+    each row's token, write the rollout's column ``t``, advance the reward state and the
+    rows' EOS flags. Returns the ``[B]`` tokens and the ``[B, V]`` scores (or None).
+
+    Tensor ops only, no host sync and no branch on tensor values: with ``compile`` this is
+    one ``fullgraph`` compiled function (``t`` a 0-d tensor), so the step's many small ops
+    become a few fused kernels; eager, it is the same code.
+    """
+    reward = run.score(logits) if run is not None and cfg.steer != 0.0 else None  # [B, V]
+    so = step_fn(
+        logits, seeds=buf.seeds, step=t, do_sample=cfg.do_sample, temperature=cfg.temperature,
+        top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
+        repetition_penalty=cfg.repetition_penalty, seen=buf.seen,
+        suppress=buf.eos if suppress else None, reward=reward, steer=cfg.steer,
+        return_scores=cfg.output_scores)
+    buf.first_bad.copy_(torch.where(buf.alive & ~so.valid & (buf.first_bad < 0), t, buf.first_bad))
+    tok = torch.where(buf.alive, so.tokens, cfg.pad_token_id)  # [B]
+    _put(buf.seqs, 1, buf.P + t, tok)
+    _put(buf.out_mask, 1, t, buf.alive)
+    _put(buf.logprobs, 1, t, torch.where(buf.alive, so.logprobs, 0.0))
+    _put(buf.policy_logprobs, 1, t, torch.where(buf.alive, so.policy_logprobs, 0.0))
+    if run is not None:
+        _put(buf.comps, 2, t, run.record(tok, buf.alive, logits))  # [F, B]
+    if buf.seen is not None:
+        buf.seen.scatter_(1, tok[:, None], True)
+    buf.alive &= ~torch.isin(tok, buf.eos)
+    return tok, so.scores
+
+
+# compile_config (as a tuple of its settings) -> sample_one compiled with them
+_COMPILED_STEPS: dict[tuple, object] = {}
+
+
+def _compiled_sample_one(model, compile_config):
+    """``sample_one`` under ``torch.compile`` with the model's compile settings, ``fullgraph``
+    forced: a graph break would be a host sync inside the step, so it is an error instead."""
+    cc = compile_config or model._default_compile_config()
+    kw = dict(cc.to_dict(), fullgraph=True)
+    key = tuple(sorted((k, repr(v)) for k, v in kw.items()))
+    if key not in _COMPILED_STEPS:
+        _COMPILED_STEPS[key] = torch.compile(sample_one, **kw)
+    return _COMPILED_STEPS[key]
+
+
 @torch.inference_mode()
 def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer: float = 0.0,
              gamma: float = 1.0, seed=None, backend: str = "auto", compile: bool | None = None,
@@ -141,12 +213,15 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
             torch's global RNG). A row's tokens depend only on its seed, prompt and settings.
         backend: the decode step: ``"auto"`` (C++ on CPU, Triton on CUDA, when available),
             ``"torch"`` (the reference), ``"cpp"`` or ``"triton"``.
-        compile: compile the decode-step forward (``model.get_compiled_call`` with
-            ``compile_config``; the prefill stays eager). None decides as HF does: only with
+        compile: compile the decode step: the forward (``model.get_compiled_call`` with
+            ``compile_config``; the prefill stays eager) and, beside it, the rest of the step
+            (``sample_one``: rewards, the torch step fused by the compiler, the reward state),
+            unless ``backend`` names a kernel ("cpp", "triton": it runs eager) or a reward
+            runs a reference model (``Reward.traceable``). None decides as HF does: only with
             ``cache_implementation="static"`` on an accelerator (or ``compile_config.
             _compile_all_devices``) unless ``disable_compile``, and eager where the model has
             no static cache. True compiles on any device; it needs the static cache.
-            One compile per ``(batch, prompt length, max_new_tokens)``, then cached.
+            One compile per ``(batch, prompt length, max_new_tokens)`` and settings, then cached.
         linear: the model's linear layers: ``"torch"`` (``F.linear``, HF's exact logits) or
             ``"onednn"`` (CPU: weights packed for oneDNN at the start of the call, 1.5-1.9x
             on the default model's matmuls at batch 8, ~0.4-0.5 s of packing per call; logits differ by fp32 rounding; see
@@ -182,62 +257,49 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
 
     seeds = torch.tensor(cfg.row_seeds(input_ids.shape[0]), dtype=torch.long, device=device)  # [B]
     eos = torch.tensor(cfg.eos_token_ids, dtype=torch.long, device=device)  # [E]
-    seqs = torch.cat([ids, ids.new_full((B, T), cfg.pad_token_id)], 1)  # [B, P+T]
     seen = None
     if cfg.repetition_penalty != 1.0:  # the prompt counts; left padding as the installed HF does
         seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
         skip = (mask.cumsum(1) == 0) if PENALTY_SKIPS_LEFT_PADDING else torch.zeros_like(mask, dtype=torch.bool)
         seen.scatter_(1, torch.where(skip, ids[:, -1:], ids), True)
-    alive = torch.ones(B, dtype=torch.bool, device=device)
-    out_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
-    logprobs = torch.zeros(B, T, device=device)
-    policy_logprobs = torch.zeros(B, T, device=device)
-    comps = torch.zeros(len(run.names) if run else 0, B, T, device=device)
-    first_bad = torch.full((B,), -1, dtype=torch.long, device=device)
+    buf = _Buffers(
+        seeds, eos, seqs=torch.cat([ids, ids.new_full((B, T), cfg.pad_token_id)], 1),
+        alive=torch.ones(B, dtype=torch.bool, device=device),
+        out_mask=torch.zeros(B, T, dtype=torch.bool, device=device),
+        logprobs=torch.zeros(B, T, device=device), policy_logprobs=torch.zeros(B, T, device=device),
+        comps=torch.zeros(len(run.names) if run else 0, B, T, device=device),
+        first_bad=torch.full((B,), -1, dtype=torch.long, device=device), seen=seen, P=P)
     scores = []
     if streamer is not None:
         streamer.put(ids.cpu())
 
-    step_fn = select_step(cfg.backend, device)
+    step_fn, sample, t_dev = select_step(cfg.backend, device), sample_one, None
     compiled = model.get_compiled_call(cfg.compile_config) if cfg.compile else None
+    if compiled is not None and cfg.backend in ("auto", "torch") and (run is None or run.traceable):
+        # the whole step compiled too: the torch reference step, fused by the compiler
+        step_fn, sample = sample_step, _compiled_sample_one(model, cfg.compile_config)
+        t_dev = torch.zeros((), dtype=torch.long, device=device)
     decoder = Decoder(model, T, cfg.static_cache, compiled, cfg.linear, cfg.compile_required)
     if T > 0:
         logits = decoder.prefill(ids, mask)
     for t in range(T):
-        # [B, V] rewards of every candidate only to steer with; otherwise record() scores the chosen
-        reward = run.score(logits) if run and cfg.steer != 0.0 else None
-        so = step_fn(
-            logits, seeds=seeds, step=t, do_sample=cfg.do_sample, temperature=cfg.temperature,
-            top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
-            repetition_penalty=cfg.repetition_penalty, seen=seen,
-            suppress=eos if t < cfg.min_new_tokens else None, reward=reward, steer=cfg.steer,
-            return_scores=cfg.output_scores)
-        first_bad = torch.where(alive & ~so.valid & (first_bad < 0), t, first_bad)
-        tok = torch.where(alive, so.tokens, cfg.pad_token_id)  # [B]
-        seqs[:, P + t] = tok
-        out_mask[:, t] = alive
-        logprobs[:, t] = torch.where(alive, so.logprobs, 0.0)
-        policy_logprobs[:, t] = torch.where(alive, so.policy_logprobs, 0.0)
-        if run:
-            comps[:, :, t] = run.record(tok, alive, logits)
-        if seen is not None:
-            seen.scatter_(1, tok[:, None], True)
+        tok, step_scores = sample(step_fn, cfg, run, buf, logits, t if t_dev is None else t_dev.fill_(t),
+                                  t < cfg.min_new_tokens)
         if cfg.output_scores:
-            scores.append(so.scores)
+            scores.append(step_scores)
         if streamer is not None:
             streamer.put(tok.cpu())
-        done = torch.isin(tok, eos)
         if stop is not None:
-            done |= stop(seqs[:, : P + t + 1], None)
-        alive &= ~done
+            buf.alive &= ~stop(buf.seqs[:, : P + t + 1], None)
         if t + 1 == T:
             break
         if streamer is not None or (t + 1) % SYNC_EVERY == 0:
-            if bool((first_bad >= 0).any()) or not bool(alive.any()):
+            if bool((buf.first_bad >= 0).any()) or not bool(buf.alive.any()):
                 break
         logits = decoder.step(tok)
     if streamer is not None:
         streamer.end()
+    first_bad, out_mask, seqs, comps = buf.first_bad, buf.out_mask, buf.seqs, buf.comps
     if bool((first_bad >= 0).any()):
         rows = torch.nonzero(first_bad >= 0)[:, 0].tolist()
         raise NonFiniteLogitsError(f"the model's logits had NaN/+inf or no finite value in rows {rows} "
@@ -262,8 +324,8 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
             failure = e
     total = comps.sum(0) if run else torch.zeros(B, n, device=device)
     rollout = Rollout(
-        sequences=sequences, tokens=sequences[:, P:], mask=mask_n, logprobs=logprobs[:, :n],
-        policy_logprobs=policy_logprobs[:, :n], rewards=total,
+        sequences=sequences, tokens=sequences[:, P:], mask=mask_n, logprobs=buf.logprobs[:, :n],
+        policy_logprobs=buf.policy_logprobs[:, :n], rewards=total,
         reward_components={k: comps[i] for i, k in enumerate(names)},
         returns=discounted_returns(total, mask_n, cfg.gamma),
         scores=tuple(scores[:n]) if cfg.output_scores else None, prompt_mask=mask, vocab_size=vocab)

@@ -54,7 +54,8 @@ def uniform(seeds: torch.Tensor, step: int, index: torch.Tensor) -> torch.Tensor
 
     Args:
         seeds: ``[B]`` int64, one key per row, each in [0, 2**63).
-        step: the decode step (the second counter word), ``0 <= step < 2**32``.
+        step: the decode step (the second counter word), ``0 <= step < 2**32``; an int or a
+            0-d int64 tensor on the seeds' device.
         index: ``[B, K]`` int64 vocabulary ids (the first counter word).
 
     Returns:
@@ -64,7 +65,7 @@ def uniform(seeds: torch.Tensor, step: int, index: torch.Tensor) -> torch.Tensor
     k0 = (seeds & _M32)[:, None]  # [B, 1]
     k1 = ((seeds >> 32) & _M32)[:, None]  # [B, 1]
     c0 = index & _M32  # [B, K]
-    c1 = torch.full_like(c0, step & _M32)
+    c1 = (torch.zeros_like(c0) + step) & _M32  # step: an int, or a 0-d tensor (compiled loops)
     zero = torch.zeros_like(c0)
     x = philox4x32((c0, c1, zero, zero), (k0, k1))[0]  # [B, K], unsigned word
     x = torch.where(x >= 2**31, x - 2**32, x)  # as int32

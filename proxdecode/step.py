@@ -78,7 +78,8 @@ def sample_step(
     Args:
         logits: ``[B, V]`` fp32/bf16/fp16 next-token logits; not modified.
         seeds: ``[B]`` int64 Philox keys, one per row, in [0, 2**63).
-        step: decode step index, the Philox counter's second word.
+        step: decode step index, the Philox counter's second word: an int, or a 0-d int64
+            tensor (a compiled loop's, so one graph serves every step).
         do_sample: Gumbel-max sampling if True, argmax if False.
         temperature: scalar or ``[B]``, > 0.
         top_k: keep the ``top_k`` largest logits; 0 or ``>= V`` disables.

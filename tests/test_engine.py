@@ -294,3 +294,93 @@ def test_compiled_decode_step_matches_eager_and_hf(tiny):
     sampled = pd.generate(model, **enc, **kw, compile=True, compile_config=cc)
     assert torch.equal(sampled, pd.generate(model, **enc, **kw))
     assert not torch._dynamo.utils.counters["frames"], "the same shapes must not compile again"
+
+
+def _step_cache_entries():
+    """Graphs torch.compile holds for the engine's step function (all compile settings)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from proxdecode import engine
+    return len(_debug_get_cache_entry_list(engine.sample_one.__code__))
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
+def test_compiled_step_with_rewards_matches_the_eager_step(tiny):
+    """compile=True compiles the whole step beside the forward (the candidates' rewards, the
+    torch step, the rollout's columns, the reward state) as one fullgraph graph: the eager
+    torch step's tokens, mask and rewards, log-probs to fp32 rounding, through steering, the
+    repetition penalty, min_new_tokens and rows that end early; the same call again compiles
+    nothing; a reward with a reference model keeps the step eager (and still agrees)."""
+    from transformers import CompileConfig
+
+    model, tok = tiny
+    R = pd.rewards
+    rewards = pd.Rewards(tok, [R.Sentiment(), R.EndsWith(".", weight=0.5), R.Keywords(["apple", "orange"]),
+                               R.Repetition(weight=-0.5), R.Fluency(weight=0.1)])
+    enc = tok(PROMPTS[:5], return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=14, min_new_tokens=3, do_sample=True, top_k=40, top_p=0.9, temperature=0.8,
+              repetition_penalty=1.3, eos_token_id=list(range(100, 1100)), seed=11, rewards=rewards, steer=2.0,
+              output_scores=True)
+    cc = CompileConfig(dynamic=False, mode="default")
+    want = pd.generate(model, **enc, **kw, backend="torch")
+    assert not want.mask.all() and want.mask[:, 3].all(), "rows must end early, none before min_new_tokens"
+    before = _step_cache_entries()
+    got = pd.generate(model, **enc, **kw, compile=True, compile_config=cc)
+    assert _step_cache_entries() > before, "the step must have been compiled"
+    assert torch.equal(got.sequences, want.sequences) and torch.equal(got.mask, want.mask)
+    assert_verbose_allclose(got.logprobs, want.logprobs, 1e-5, 1e-5, "logprobs")
+    assert_verbose_allclose(got.policy_logprobs, want.policy_logprobs, 1e-5, 1e-5, "policy_logprobs")
+    for name in rewards.names:
+        assert_verbose_allclose(got.reward_components[name], want.reward_components[name], 1e-5, 1e-5, name)
+    for t, (a, b) in enumerate(zip(got.scores, want.scores)):
+        assert_verbose_allclose(a, b, 1e-5, 1e-5, f"scores at step {t}")
+
+    compiled = _step_cache_entries()
+    again = pd.generate(model, **enc, **kw, compile=True, compile_config=cc)
+    assert torch.equal(again.sequences, want.sequences)
+    assert _step_cache_entries() == compiled, "the same settings must not compile the step again"
+
+    kl = pd.Rewards(tok, [R.Sentiment(), R.KLPenalty(model, coef=0.2)])
+    ref_kw = dict(kw, rewards=kl)
+    ref_got = pd.generate(model, **enc, **ref_kw, compile=True, compile_config=cc)
+    assert _step_cache_entries() == compiled, "a reference-model reward keeps the step eager"
+    ref_want = pd.generate(model, **enc, **ref_kw, backend="torch")
+    assert torch.equal(ref_got.sequences, ref_want.sequences)
+    assert_verbose_allclose(ref_got.rewards, ref_want.rewards, 1e-4, 1e-4, "rewards with a reference")
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
+def test_compiled_step_flags_unusable_rows_as_the_eager_step_does(tiny):
+    """One step on crafted logits (a NaN row, an all -inf row, a dead row), compiled with a
+    0-d tensor step index and eager with an int: every buffer the step writes is equal."""
+    from transformers import CompileConfig
+
+    from proxdecode import engine
+    from proxdecode.config import DecodeConfig
+
+    model, tok = tiny
+    B, V, P, T = 4, model.config.vocab_size, 3, 5
+    ids = torch.randint(0, 1000, (B, P), generator=torch.Generator().manual_seed(0))
+    cfg = DecodeConfig.resolve(model, ids, torch.ones_like(ids), steer=0.0, gamma=1.0, seed=3, rewards=None,
+                               kwargs=dict(max_new_tokens=T, do_sample=True, top_k=20, repetition_penalty=1.2),
+                               backend="torch", compile=False, linear="torch")
+    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(1)) * 3
+    logits[1, 7] = float("nan")
+    logits[2] = float("-inf")
+
+    def buffers():
+        seen = torch.zeros(B, V, dtype=torch.bool).scatter_(1, ids, True)
+        return engine._Buffers(
+            torch.arange(B) * 977 + 5, torch.tensor([0, 2]), torch.cat([ids, ids.new_zeros(B, T)], 1),
+            torch.tensor([True, True, True, False]), torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T),
+            torch.zeros(B, T), torch.zeros(0, B, T), torch.full((B,), -1), seen, P)
+
+    eager, comp = buffers(), buffers()
+    fn = engine._compiled_sample_one(model, CompileConfig(dynamic=False, mode="default"))
+    tok_e, _ = engine.sample_one(pd.sample_step, cfg, None, eager, logits, 2, True)
+    tok_c, _ = fn(pd.sample_step, cfg, None, comp, logits, torch.tensor(2), True)
+    assert torch.equal(tok_c, tok_e) and eager.first_bad.tolist() == [-1, 2, 2, -1]
+    for field in ("seqs", "alive", "out_mask", "first_bad", "seen"):
+        assert torch.equal(getattr(comp, field), getattr(eager, field)), field
+    for field in ("logprobs", "policy_logprobs"):  # fused reductions: fp32 rounding
+        assert_verbose_allclose(getattr(comp, field), getattr(eager, field), 1e-5, 1e-5, field)

@@ -68,10 +68,16 @@ class Reward:
             and a family that can get it without the ``[B, V]`` pass overrides this (e.g. as
             ``Phi(after) - Phi(before)``); the default runs ``score`` and gathers.
         terminal(state) -> [B] or None: added on the row's last step.
+
+    ``traceable``: True when ``score``, ``update`` and ``chosen`` are tensor ops only (no
+    host sync, no branch on tensor values, no model call), so ``generate(compile=...)`` can
+    trace them into its compiled step; a family that runs a model or Python on the way says
+    False, and the step then runs eager beside the compiled forward.
     """
 
     kind = "state"
     default_name = "reward"
+    traceable = True
 
     def __init__(self, weight: float = 1.0, name: str | None = None):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
@@ -196,6 +202,11 @@ class RewardRun:
     @property
     def names(self) -> list[str]:
         return self.b.names
+
+    @property
+    def traceable(self) -> bool:
+        """Whether every family on the hot path can be traced into a compiled step."""
+        return all(f.traceable for _, f in self.b.live)
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:
         """``[B, V]`` weighted reward of every candidate token this step (steering needs it;

@@ -37,6 +37,10 @@ class _ReferenceModelReward(Reward):
                             f"got {type(reference).__name__}")
         self.reference = reference
 
+    @property
+    def traceable(self) -> bool:  # a reference model steps its own decoder, with host-side bookkeeping
+        return self.reference is None
+
     def bind(self, tokenizer) -> None:
         if self.reference is not None:
             ref_vocab, n = _vocab_of(self.reference), len(tokenizer)
