@@ -37,6 +37,7 @@ bench-linear: setup
 
 bench-rewards: setup
 	$(VENV)/bin/proxdecode bench --rewards --batch 8 --new-tokens 32 --runs 3 --out benchmarks/results/rewards-cpu.json
+	$(VENV)/bin/proxdecode bench --rewards --batch 8 --new-tokens 32 --runs 3 --compile --out benchmarks/results/rewards-cpu-compiled.json
 
 bench-steering: setup
 	$(VENV)/bin/proxdecode bench --steering --out benchmarks/results/steering-cpu.json

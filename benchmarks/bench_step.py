@@ -1,7 +1,7 @@
 """pytest-benchmark: one sampling step at V = 49,152 (the default model's vocabulary).
 
 HF's ``LogitsProcessorList`` (temperature, top-k, top-p) + softmax + ``torch.multinomial``
-against ``pd.sample_step`` (torch reference) and the C++ step (``proxdecode.cpp``,
+against ``pd.sample_step`` (torch reference, eager and under ``torch.compile``) and the C++ step (``proxdecode.cpp``,
 ``csrc/sample_step_cpu.cpp``) on the same logits and settings, per batch size. HF's top-p
 sorts the whole row; the reference's top-p works on the top-k list only; the C++ step makes
 two passes over each row (scaling, then the log-sum-exp for the policy log-prob), a heap
@@ -37,6 +37,21 @@ def test_step_torch_reference(benchmark, B):
     z, seeds = _logits(B), torch.arange(B)
     benchmark.group = f"step B={B}"
     benchmark(lambda: sample_step(z, seeds=seeds, step=0, temperature=0.8, top_k=50, top_p=0.9))
+
+
+@pytest.mark.parametrize("B", [1, 8, 32, 128])
+def test_step_torch_compiled(benchmark, B):
+    """The torch reference under ``torch.compile`` (what ``generate(compile=True)`` runs inside
+    its compiled step, there fused with the rewards); compiled once per shape before timing."""
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("inductor needs a C++ compiler")
+    step = torch.compile(sample_step, fullgraph=True, dynamic=False)
+    z, seeds, t = _logits(B), torch.arange(B), torch.zeros((), dtype=torch.long)
+    step(z, seeds=seeds, step=t, temperature=0.8, top_k=50, top_p=0.9)
+    benchmark.group = f"step B={B}"
+    benchmark(lambda: step(z, seeds=seeds, step=t, temperature=0.8, top_k=50, top_p=0.9))
 
 
 @pytest.mark.parametrize("B", [1, 8, 32, 128])

@@ -16,7 +16,7 @@ REINFORCE, full model) is the same for both and is timed once per round on the p
 pd runs twice per round: with the model's linear layers as HF runs them (``F.linear``, the
 same forward as HF's side) and with ``linear="onednn"`` (packed weights, ``linear.py``;
 the repack after each update's weight change is inside its time). ``--compile`` adds a
-third pd path with the compiled decode forward (one compile of ~1-2 minutes first).
+third pd path with the decode step compiled, forward and sampling (one compile of ~1-2 minutes first).
 
     python benchmarks/update_speed.py        # writes benchmarks/results/update-cpu.json
 """
@@ -98,7 +98,7 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--gamma", type=float, default=0.99)
-    ap.add_argument("--compile", action="store_true", help="also time pd with the compiled decode forward")
+    ap.add_argument("--compile", action="store_true", help="also time pd with the decode step compiled (forward and sampling)")
     ap.add_argument("--out", default=str(RESULTS / "update-cpu.json"))
     args = ap.parse_args(argv)
 

@@ -48,11 +48,15 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _alternating(calls: dict, runs: int, device) -> dict:
-    """Seconds of each named call over ``runs`` rounds, the order reversed every other round."""
+def _alternating(calls: dict, runs: int, device, engine: dict | None = None) -> dict:
+    """Seconds of each named call over ``runs`` rounds, the order reversed every other round.
+
+    Each call is warmed up first (allocator, caches, lazy imports) with 4 tokens, or at its
+    full length when ``engine`` compiles: a compiled step compiles once per length."""
     names = list(calls)
-    for name in names:  # warm-up: allocator, caches, lazy imports
-        calls[name](4, 0)
+    warm = None if (engine or {}).get("compile") else 4
+    for name in names:
+        calls[name](warm, 0)
     times = {name: [] for name in names}
     for r in range(runs):
         for name in (names if r % 2 == 0 else names[::-1]):
@@ -76,7 +80,7 @@ def time_generate(model, tok, batch: int, new_tokens: int, runs: int, engine: di
             assert out.shape[1] == P + (n or new_tokens)
         return run_once
 
-    times = _alternating({"hf": call("hf"), "pd": call("pd")}, runs, device)
+    times = _alternating({"hf": call("hf"), "pd": call("pd")}, runs, device, engine)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"batch": batch, "new_tokens": new_tokens, "runs": runs,
             "hf_tok_s": batch * new_tokens / med["hf"], "pd_tok_s": batch * new_tokens / med["pd"],

@@ -94,7 +94,7 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
                               logits_processor=LogitsProcessorList([seed_style_processor(tok, P, steer)]))
 
     times = _alternating({"pd": pd_call(False), "pd_rewards": pd_call(True), "seed_style": seed_call},
-                         runs, device)
+                         runs, device, engine)
     med = {k: statistics.median(v) for k, v in times.items()}
     tok_s = {k: batch * new_tokens / v for k, v in med.items()}
 
@@ -113,6 +113,7 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
         run.record(r.argmax(-1), torch.ones(batch, dtype=torch.bool))
 
     reward_ms = {"pd_rewards": _median_ms(ours), "seed_style": _median_ms(lambda: proc(history, logits))}
+    step_ms = step_after_forward_ms(model, rewards, enc, steer, new_tokens, logits)
     return {
         "batch": batch, "new_tokens": new_tokens, "runs": runs, "steer": steer, "settings": SETTINGS,
         "pd_engine": engine or {}, "stack": rewards.names, "seconds": times, "tok_s": tok_s,
@@ -120,8 +121,48 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
         "rewards_vs_seed_style": tok_s["pd_rewards"] / tok_s["seed_style"],
         "reward_step_ms": reward_ms,
         "reward_step_speedup": reward_ms["seed_style"] / reward_ms["pd_rewards"],
+        "step_after_forward_ms": step_ms,
         **_machine(),
     }
+
+
+def step_after_forward_ms(model, rewards, enc, steer: float, new_tokens: int, logits) -> dict:
+    """Median ms of everything a steering step runs after the forward (``engine.sample_one``:
+    the candidates' rewards, the step, the rollout's columns, the reward state), eager with
+    the ``backend="auto"`` step and, where inductor can build, compiled as ``compile=True``
+    runs it; both on the same ``logits``, one fresh call state per timing."""
+    import shutil
+
+    from . import engine
+    from .config import DecodeConfig
+    from .step import sample_step, select_step
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    B, V = logits.shape
+    cfg = DecodeConfig.resolve(model, ids, mask, steer=steer, gamma=1.0, seed=0, rewards=rewards,
+                               kwargs=dict(SETTINGS, max_new_tokens=new_tokens), backend="auto", compile=False,
+                               linear="torch")
+    t_dev = torch.zeros((), dtype=torch.long, device=logits.device)
+
+    def timed(sample, step_fn, tensor_step):
+        run = rewards.start(V, B, logits.device, None, ids, mask, new_tokens)
+        buf = engine._Buffers.start(cfg, ids, mask, B, new_tokens, len(run.names), V)
+        step = iter(range(10 ** 9))
+
+        def one():
+            t = next(step) % new_tokens
+            buf.alive.fill_(True)
+            sample(step_fn, cfg, run, buf, logits, t_dev.fill_(t) if tensor_step else t, False)
+        with torch.inference_mode():
+            return _median_ms(one, reps=31)
+
+    out = {"eager": timed(engine.sample_one, select_step("auto", logits.device), False)}
+    if shutil.which("g++") is not None:
+        from transformers import CompileConfig
+
+        compiled = engine._compiled_sample_one(model, CompileConfig(dynamic=False, mode="default"))
+        out["compiled"] = timed(compiled, sample_step, True)
+    return out
 
 
 def _median_ms(fn, reps: int = 15) -> float:

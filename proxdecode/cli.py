@@ -198,6 +198,8 @@ def _bench_rewards(args):
         console.print(f"full stack / no rewards {res['rewards_vs_none']:.2f}x; full stack / seed-style "
                       f"{res['rewards_vs_seed_style']:.2f}x end to end, {res['reward_step_speedup']:.0f}x "
                       f"on the reward work alone")
+        console.print("the step after the forward (rewards + sampling + bookkeeping), ms: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in res["step_after_forward_ms"].items()))
     else:
         res = bench_rewards.steering(engine=_engine(args))
         t = Table(title="Sentiment steering, default model, 64 continuations a cell")
@@ -237,7 +239,7 @@ def _engine_args(p):
     p.add_argument("--linear", default="torch", choices=["torch", "onednn"],
                    help="the model's linear layers: torch (HF's exact logits) or onednn (packed weights, CPU)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="compile the decode forward, or not (default: as HF decides; one compile per shape)")
+                   help="compile the decode step, forward and sampling, or not (default: as HF decides; one compile per shape)")
 
 
 def _engine(args) -> dict:

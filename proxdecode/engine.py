@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -140,6 +141,27 @@ class _Buffers:
     seen: torch.Tensor | None  # [B, V] bool: tokens so far, for the repetition penalty
     P: int  # prompt length
 
+    @classmethod
+    def start(cls, cfg: DecodeConfig, ids: torch.Tensor, mask: torch.Tensor, prompts: int, T: int,
+              components: int, vocab: int) -> "_Buffers":
+        """Fresh buffers for the ``[B, P]`` rows ``ids`` (``mask`` 0 on left padding), made of
+        ``prompts`` prompts, ``T`` steps and ``components`` reward families."""
+        (B, P), device = ids.shape, ids.device
+        seen = None
+        if cfg.repetition_penalty != 1.0:  # the prompt counts; left padding as the installed HF does
+            seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
+            skip = (mask.cumsum(1) == 0) if PENALTY_SKIPS_LEFT_PADDING else torch.zeros_like(mask, dtype=torch.bool)
+            seen.scatter_(1, torch.where(skip, ids[:, -1:], ids), True)
+        return cls(
+            seeds=torch.tensor(cfg.row_seeds(prompts), dtype=torch.long, device=device),
+            eos=torch.tensor(cfg.eos_token_ids, dtype=torch.long, device=device),
+            seqs=torch.cat([ids, ids.new_full((B, T), cfg.pad_token_id)], 1),
+            alive=torch.ones(B, dtype=torch.bool, device=device),
+            out_mask=torch.zeros(B, T, dtype=torch.bool, device=device),
+            logprobs=torch.zeros(B, T, device=device), policy_logprobs=torch.zeros(B, T, device=device),
+            comps=torch.zeros(components, B, T, device=device),
+            first_bad=torch.full((B,), -1, dtype=torch.long, device=device), seen=seen, P=P)
+
 
 def _put(buf: torch.Tensor, dim: int, t, value: torch.Tensor) -> None:
     """``buf``'s slice ``t`` along ``dim`` = ``value``: ``t`` an int (eager) or a 0-d tensor
@@ -186,13 +208,32 @@ _COMPILED_STEPS: dict[tuple, object] = {}
 
 def _compiled_sample_one(model, compile_config):
     """``sample_one`` under ``torch.compile`` with the model's compile settings, ``fullgraph``
-    forced: a graph break would be a host sync inside the step, so it is an error instead."""
+    forced: a graph break would be a host sync inside the step, so it is an error instead,
+    raised at the first step (as is any failure to compile) as a ``ValueError`` that names
+    the rewards that were on."""
     cc = compile_config or model._default_compile_config()
     kw = dict(cc.to_dict(), fullgraph=True)
     key = tuple(sorted((k, repr(v)) for k, v in kw.items()))
     if key not in _COMPILED_STEPS:
         _COMPILED_STEPS[key] = torch.compile(sample_one, **kw)
-    return _COMPILED_STEPS[key]
+    compiled, eager = _COMPILED_STEPS[key], []
+
+    def sample(step_fn, cfg, run, *args):
+        if not eager:
+            try:
+                return compiled(step_fn, cfg, run, *args)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before the graph runs
+                warnings.warn("compile: torch.compile's recompile limit (torch._dynamo.config.recompile_limit) "
+                              "is reached for the decode step, which compiles once per distinct setting and "
+                              "shape; the step of this call runs eager", stacklevel=3)
+                eager.append(True)
+            except torch._dynamo.exc.TorchDynamoException as e:  # a graph break, or a compile that failed
+                names = ", ".join(run.names) if run is not None else "none"
+                raise ValueError(f"compile: the decode step could not be compiled whole (rewards: {names}); a "
+                                 "reward family that reads tensor values on the host or runs a model must set "
+                                 f"traceable = False, or pass compile=False. Cause: {str(e).splitlines()[0]}") from e
+        return sample_one(step_fn, cfg, run, *args)
+    return sample
 
 
 @torch.inference_mode()
@@ -255,20 +296,7 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         from transformers.generation.stopping_criteria import StopStringCriteria
         stop = StopStringCriteria(generate_kwargs["tokenizer"], list(cfg.stop_strings))
 
-    seeds = torch.tensor(cfg.row_seeds(input_ids.shape[0]), dtype=torch.long, device=device)  # [B]
-    eos = torch.tensor(cfg.eos_token_ids, dtype=torch.long, device=device)  # [E]
-    seen = None
-    if cfg.repetition_penalty != 1.0:  # the prompt counts; left padding as the installed HF does
-        seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
-        skip = (mask.cumsum(1) == 0) if PENALTY_SKIPS_LEFT_PADDING else torch.zeros_like(mask, dtype=torch.bool)
-        seen.scatter_(1, torch.where(skip, ids[:, -1:], ids), True)
-    buf = _Buffers(
-        seeds, eos, seqs=torch.cat([ids, ids.new_full((B, T), cfg.pad_token_id)], 1),
-        alive=torch.ones(B, dtype=torch.bool, device=device),
-        out_mask=torch.zeros(B, T, dtype=torch.bool, device=device),
-        logprobs=torch.zeros(B, T, device=device), policy_logprobs=torch.zeros(B, T, device=device),
-        comps=torch.zeros(len(run.names) if run else 0, B, T, device=device),
-        first_bad=torch.full((B,), -1, dtype=torch.long, device=device), seen=seen, P=P)
+    buf = _Buffers.start(cfg, ids, mask, input_ids.shape[0], T, len(run.names) if run else 0, vocab)
     scores = []
     if streamer is not None:
         streamer.put(ids.cpu())

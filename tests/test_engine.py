@@ -384,3 +384,39 @@ def test_compiled_step_flags_unusable_rows_as_the_eager_step_does(tiny):
         assert torch.equal(getattr(comp, field), getattr(eager, field)), field
     for field in ("logprobs", "policy_logprobs"):  # fused reductions: fp32 rounding
         assert_verbose_allclose(getattr(comp, field), getattr(eager, field), 1e-5, 1e-5, field)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
+def test_a_reward_that_syncs_is_named_when_the_step_compiles(tiny):
+    """A custom family that reads a tensor value on the host but claims to be traceable: the
+    compiled step refuses it at the first step with an error that says what to do."""
+    from proxdecode.rewards.base import Reward
+
+    class Peeks(Reward):
+        default_name = "peeks"
+
+        def score(self, st, logits):
+            return torch.full_like(logits, float(logits.max().item() > 0))  # a host sync
+
+    model, tok = tiny
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    rewards = pd.Rewards(tok, [Peeks()])
+    with pytest.raises(ValueError, match=r"rewards: peeks.*traceable = False"):
+        pd.generate(model, **enc, max_new_tokens=3, do_sample=True, rewards=rewards, steer=1.0, compile=True)
+    Peeks.traceable = False  # then the step runs eager beside the compiled forward
+    out = pd.generate(model, **enc, max_new_tokens=3, do_sample=True, rewards=rewards, steer=1.0, compile=True, seed=1)
+    assert torch.equal(out.sequences, pd.generate(model, **enc, max_new_tokens=3, do_sample=True, rewards=rewards,
+                                                  steer=1.0, seed=1).sequences)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
+def test_the_step_runs_eager_when_the_recompile_limit_is_reached(tiny, monkeypatch):
+    """fullgraph turns torch.compile's recompile limit into an error; generate warns and runs
+    that call's step eager instead, with the same tokens."""
+    model, tok = tiny
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", _step_cache_entries())  # no new graph allowed
+    kw = dict(max_new_tokens=4, do_sample=True, top_k=7, temperature=0.55, seed=2)  # settings no other test uses
+    with pytest.warns(UserWarning, match="recompile limit"):
+        got = pd.generate(model, **enc, **kw, compile=True)
+    assert torch.equal(got, pd.generate(model, **enc, **kw, backend="torch"))
