@@ -6,20 +6,22 @@ prompt + new tokens), so no tensor grows per step. Finished rows keep running, m
 and "are all rows done?" is asked every ``SYNC_EVERY`` steps, not every step: that is the
 only host sync of the loop. Extra steps run after the last row finished are cut at the
 end, so ``sequences`` is exactly what HF's ``generate`` returns.
+
+A step is two calls: the model forward (``Decoder``) and ``sample_one``, everything after
+it (rewards, the step, the rollout's columns, the reward state). With ``compile`` each is
+one compiled graph, as gpt-fast compiles its ``decode_one_token``: the forward through HF's
+``get_compiled_call``, ``sample_one`` with ``fullgraph``, so a host sync in it cannot hide.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import warnings
-import weakref
 from dataclasses import dataclass
 
 import torch
 
 from .config import PENALTY_SKIPS_LEFT_PADDING, DecodeConfig
-from .linear import pack_linears, packed_forwards
+from .decoder import Decoder
 from .returns import discounted_returns
 from .rewards.text import RewardError
 from .rollout import Rollout
@@ -30,99 +32,6 @@ SYNC_EVERY = 8
 
 class NonFiniteLogitsError(FloatingPointError):
     """The model produced logits with NaN or +inf (or no finite value) for some rows."""
-
-
-def _make_cache(model, max_len: int, static: bool):
-    """The loop's KV cache: HF's ``StaticCache`` (fixed shapes, written in place; what CUDA
-    graphs and ``torch.compile`` need, and ~5% faster end to end on CPU than ``DynamicCache``,
-    whose per-step ``torch.cat`` copies the whole cache) or ``DynamicCache``."""
-    from transformers import DynamicCache, StaticCache
-
-    if static:
-        try:
-            return StaticCache(config=model.config, max_cache_len=max_len)
-        except (TypeError, ValueError):
-            pass  # a model whose cache classes take other arguments: dynamic it is
-    return DynamicCache()
-
-
-# model -> ((batch, cache length, dtype, device), StaticCache) of its compiled decoder; weak on the model
-_COMPILED_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _cache_key(model, batch: int, max_len: int) -> tuple:
-    return batch, max_len, model.dtype, model.device
-
-
-def _compiled_cache(model, batch: int, max_len: int):
-    """The static cache a compiled decoder of this model used last, reset, if the shape fits."""
-    hit = _COMPILED_CACHES.get(model)
-    if hit is None or hit[0] != _cache_key(model, batch, max_len):
-        return None
-    hit[1].reset()
-    return hit[1]
-
-
-class Decoder:
-    """A model and its KV cache, fed one token per row per step.
-
-    ``prefill(ids, mask)`` runs the ``[B, P]`` left-padded prompts and returns the last
-    position's ``[B, V]`` logits; each ``step(tokens)`` appends one ``[B]`` token per row and
-    returns the next logits. Positions count real tokens only (left padding gets none), as
-    HF's ``generate`` does. The engine drives the policy with it; reference-model rewards
-    (``KLPenalty``, ``Fluency(reference=...)``) drive their own beside it.
-
-    With the static cache every decode step has the same shapes: ``[B, 1]`` tokens and
-    positions, and the attention mask at its full ``[B, P + T]`` length, zero on the slots
-    not yet written and set to one, in place, as each is (so it means what HF's growing mask
-    means, for every attention implementation). So a ``compiled`` forward
-    (``model.get_compiled_call``, HF's cached ``torch.compile`` of the model) compiles once
-    per ``(B, P, T)``; the prefill always runs eager, as in gpt-fast and HF, since its shapes
-    change with every prompt batch. A compiled decoder reuses one static cache per model and
-    shape, as HF's ``generate`` keeps ``model._cache``: CUDA graphs are recorded against
-    fixed addresses. ``compile_required=False`` (HF's automatic choice) runs eager where the
-    model has no static cache; True raises. ``linear="onednn"`` runs the linear layers on
-    oneDNN-packed weights (``linear.py``), packed at the prefill, dropped with the decoder.
-    """
-
-    def __init__(self, model, max_new_tokens: int, static_cache: bool = True, compiled=None,
-                 linear: str = "torch", compile_required: bool = False):
-        self.model, self.T, self.static, self.compiled = model, max_new_tokens, static_cache, compiled
-        self.linear, self.compile_required = linear, compile_required
-        params = inspect.signature(type(model).forward).parameters
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.24 : older
-
-    def _run(self, forward, tokens, positions, mask):
-        with packed_forwards(self.packed) if self.packed else contextlib.nullcontext():
-            out = forward(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                          use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
-        return out.logits[:, -1, :]  # [B, V]
-
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        from transformers import StaticCache
-
-        B, P = ids.shape
-        reused = _compiled_cache(self.model, B, P + self.T) if self.compiled is not None else None
-        self.cache = reused if reused is not None else _make_cache(self.model, P + self.T, self.static)
-        self.fixed_shapes = isinstance(self.cache, StaticCache)
-        if self.compiled is not None and not self.fixed_shapes:
-            if self.compile_required:
-                raise ValueError(f"compile=True needs the static KV cache, which {type(self.model).__name__} "
-                                 "does not support; pass compile=False")
-            self.compiled = None  # HF's automatic choice: eager where the cache cannot be static
-        if self.compiled is not None and reused is None:
-            _COMPILED_CACHES[self.model] = (_cache_key(self.model, B, P + self.T), self.cache)
-        self.packed = pack_linears(self.model, B) if self.linear == "onednn" else []
-        self.full_mask = torch.cat([mask, mask.new_zeros(B, self.T)], 1)  # [B, P+T]: 1 once written
-        positions = (mask.cumsum(1) - 1).clamp(min=0)  # [B, P]
-        self.last_pos, self.P, self.t = positions[:, -1:], P, 0  # [B, 1]
-        return self._run(self.model, ids, positions, mask)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        self.full_mask[:, self.P + self.t - 1] = 1  # the slot this token is written to
-        mask = self.full_mask if self.fixed_shapes else self.full_mask[:, : self.P + self.t]  # [B, P+T]
-        return self._run(self.compiled or self.model, tokens[:, None], self.last_pos + self.t, mask)
 
 
 @dataclass

@@ -61,5 +61,5 @@ def packed_calls(monkeypatch):
             return run
         return [(m, counted(f)) for m, f in pack(model, batch)]
 
-    monkeypatch.setattr("proxdecode.engine.pack_linears", counting_pack)
+    monkeypatch.setattr("proxdecode.decoder.pack_linears", counting_pack)
     return calls

@@ -259,7 +259,7 @@ def test_automatic_compile_runs_eager_where_the_cache_cannot_be_static(tiny, mon
     from transformers import CompileConfig, DynamicCache
 
     model, tok = tiny
-    monkeypatch.setattr("proxdecode.engine._make_cache", lambda *a: DynamicCache())
+    monkeypatch.setattr("proxdecode.decoder._make_cache", lambda *a: DynamicCache())
     enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
     everywhere = CompileConfig()
     everywhere._compile_all_devices = True

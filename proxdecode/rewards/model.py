@@ -8,7 +8,7 @@ chosen token it is exactly the term TRL's PPO trainer adds to each step's reward
 
 A reference model runs beside the policy in the same step: it gets its own KV cache,
 prefilled with the same prompts when the call starts and fed the same chosen token each
-step (``engine.Decoder``, with the policy's ``linear=`` choice), so one extra forward per
+step (``decoder.Decoder``, with the policy's ``linear=`` choice), so one extra forward per
 step is all it costs. Its vocabulary
 must be the policy's: a log-prob difference between two vocabularies means nothing.
 """
@@ -52,7 +52,7 @@ class _ReferenceModelReward(Reward):
     def init(self, ctx):
         if self.reference is None:
             return {}
-        from ..engine import Decoder
+        from ..decoder import Decoder
 
         ref_vocab = _vocab_of(self.reference)
         if ref_vocab != ctx.vocab:
