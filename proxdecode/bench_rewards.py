@@ -160,7 +160,7 @@ def step_after_forward_ms(model, rewards, enc, steer: float, new_tokens: int, lo
     if shutil.which("g++") is not None:
         from transformers import CompileConfig
 
-        compiled = engine._compiled_sample_one(model, CompileConfig(dynamic=False, mode="default"))
+        compiled = engine._compiled_sample_one(model, CompileConfig(dynamic=False, mode="default"), True)
         out["compiled"] = timed(compiled, sample_step, True)
     return out
 

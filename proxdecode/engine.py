@@ -8,9 +8,10 @@ only host sync of the loop. Extra steps run after the last row finished are cut 
 end, so ``sequences`` is exactly what HF's ``generate`` returns.
 
 A step is two calls: the model forward (``Decoder``) and ``sample_one``, everything after
-it (rewards, the step, the rollout's columns, the reward state). With ``compile`` each is
-one compiled graph, as gpt-fast compiles its ``decode_one_token``: the forward through HF's
-``get_compiled_call``, ``sample_one`` with ``fullgraph``, so a host sync in it cannot hide.
+it (rewards, the step, the rollout's columns, the reward state). With ``compile`` and
+rewards each is one compiled graph, as gpt-fast compiles its ``decode_one_token``: the
+forward through HF's ``get_compiled_call``, ``sample_one`` with ``fullgraph``, so a branch
+on a tensor value in it cannot quietly split it.
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
     each row's token, write the rollout's column ``t``, advance the reward state and the
     rows' EOS flags. Returns the ``[B]`` tokens and the ``[B, V]`` scores (or None).
 
-    Tensor ops only, no host sync and no branch on tensor values: with ``compile`` this is
-    one ``fullgraph`` compiled function (``t`` a 0-d tensor), so the step's many small ops
-    become a few fused kernels; eager, it is the same code.
+    Tensor ops only, no host sync and no branch on tensor values: with ``compile`` and
+    rewards this is one ``fullgraph`` compiled function (``t`` a 0-d tensor), so the step's
+    many small ops become a few fused kernels; eager, it is the same code.
     """
     reward = run.score(logits) if run is not None and cfg.steer != 0.0 else None  # [B, V]
     so = step_fn(
@@ -115,11 +116,13 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
 _COMPILED_STEPS: dict[tuple, object] = {}
 
 
-def _compiled_sample_one(model, compile_config):
+def _compiled_sample_one(model, compile_config, required: bool):
     """``sample_one`` under ``torch.compile`` with the model's compile settings, ``fullgraph``
-    forced: a graph break would be a host sync inside the step, so it is an error instead,
-    raised at the first step (as is any failure to compile) as a ``ValueError`` that names
-    the rewards that were on."""
+    forced, so what would break the graph (a branch on a tensor value, Python that needs one)
+    fails instead of splitting the step. A failure to compile is raised on the step that
+    needed the graph as a ``ValueError`` naming the rewards when the caller asked
+    (``compile=True``); HF's automatic choice warns and runs the step eager. So does
+    dynamo's recompile limit, which ``fullgraph`` also makes an error."""
     cc = compile_config or model._default_compile_config()
     kw = dict(cc.to_dict(), fullgraph=True)
     key = tuple(sorted((k, repr(v)) for k, v in kw.items()))
@@ -138,9 +141,13 @@ def _compiled_sample_one(model, compile_config):
                 eager.append(True)
             except torch._dynamo.exc.TorchDynamoException as e:  # a graph break, or a compile that failed
                 names = ", ".join(run.names) if run is not None else "none"
-                raise ValueError(f"compile: the decode step could not be compiled whole (rewards: {names}); a "
-                                 "reward family that reads tensor values on the host or runs a model must set "
-                                 f"traceable = False, or pass compile=False. Cause: {str(e).splitlines()[0]}") from e
+                msg = (f"compile: the decode step could not be compiled whole (rewards: {names}); a reward "
+                       "family that branches on tensor values, reads them on the host or runs a model must "
+                       f"set traceable = False. Cause: {str(e).splitlines()[0]}")
+                if required:
+                    raise ValueError(msg + "; or pass compile=False") from e
+                warnings.warn(msg + "; the step of this call runs eager", stacklevel=3)
+                eager.append(True)
         return sample_one(step_fn, cfg, run, *args)
     return sample
 
@@ -164,10 +171,10 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         backend: the decode step: ``"auto"`` (C++ on CPU, Triton on CUDA, when available),
             ``"torch"`` (the reference), ``"cpp"`` or ``"triton"``.
         compile: compile the decode step: the forward (``model.get_compiled_call`` with
-            ``compile_config``; the prefill stays eager) and, beside it, the rest of the step
-            (``sample_one``: rewards, the torch step fused by the compiler, the reward state),
-            unless ``backend`` names a kernel ("cpp", "triton": it runs eager) or a reward
-            runs a reference model (``Reward.traceable``). None decides as HF does: only with
+            ``compile_config``; the prefill stays eager) and, when rewards are on, the rest
+            of the step (``sample_one``: rewards, the torch step fused by the compiler, the
+            reward state), unless ``backend`` names a kernel ("cpp", "triton": it runs eager)
+            or a reward runs a reference model (``Reward.traceable``). None decides as HF does: only with
             ``cache_implementation="static"`` on an accelerator (or ``compile_config.
             _compile_all_devices``) unless ``disable_compile``, and eager where the model has
             no static cache. True compiles on any device; it needs the static cache.
@@ -212,13 +219,14 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
 
     step_fn, sample, t_dev = select_step(cfg.backend, device), sample_one, None
     compiled = model.get_compiled_call(cfg.compile_config) if cfg.compile else None
-    if compiled is not None and cfg.backend in ("auto", "torch") and (run is None or run.traceable):
-        # the whole step compiled too: the torch reference step, fused by the compiler
-        step_fn, sample = sample_step, _compiled_sample_one(model, cfg.compile_config)
-        t_dev = torch.zeros((), dtype=torch.long, device=device)
     decoder = Decoder(model, T, cfg.static_cache, compiled, cfg.linear, cfg.compile_required)
     if T > 0:
-        logits = decoder.prefill(ids, mask)
+        logits = decoder.prefill(ids, mask)  # drops `compiled` where the cache cannot be static
+    if decoder.compiled is not None and run is not None and run.traceable and cfg.backend in ("auto", "torch"):
+        # with rewards, the step after the forward is compiled too: the torch step fused with
+        # them (without rewards there is little to fuse, and the backend's kernel is faster)
+        step_fn, sample = sample_step, _compiled_sample_one(model, cfg.compile_config, cfg.compile_required)
+        t_dev = torch.zeros((), dtype=torch.long, device=device)
     for t in range(T):
         tok, step_scores = sample(step_fn, cfg, run, buf, logits, t if t_dev is None else t_dev.fill_(t),
                                   t < cfg.min_new_tokens)

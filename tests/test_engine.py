@@ -264,18 +264,24 @@ def test_automatic_compile_runs_eager_where_the_cache_cannot_be_static(tiny, mon
     everywhere = CompileConfig()
     everywhere._compile_all_devices = True
     want = model.generate(**enc, max_new_tokens=5, do_sample=False)
+    rewards = pd.Rewards(tok, [pd.rewards.EndsWith(".")])
+    torch._dynamo.utils.counters.clear()
     got = pd.generate(model, **enc, max_new_tokens=5, do_sample=False, cache_implementation="static",
-                      compile_config=everywhere)
-    assert torch.equal(got, want)
+                      compile_config=everywhere, rewards=rewards, steer=0.5)
+    assert not torch._dynamo.utils.counters["stats"]["unique_graphs"], "neither forward nor step compiled"
+    assert torch.equal(got.sequences, pd.generate(model, **enc, max_new_tokens=5, do_sample=False, rewards=rewards,
+                                                  steer=0.5).sequences)
+    assert torch.equal(pd.generate(model, **enc, max_new_tokens=5, do_sample=False, cache_implementation="static",
+                                   compile_config=everywhere), want)
     with pytest.raises(ValueError, match="compile=True needs the static KV cache"):
         pd.generate(model, **enc, max_new_tokens=5, compile=True)
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
 def test_compiled_decode_step_matches_eager_and_hf(tiny):
-    """The compiled decode forward (fixed shapes: full-length mask, static cache) gives HF's
-    greedy tokens and logits, and the eager path's sampled tokens; a second call with the
-    same shapes compiles nothing."""
+    """The compiled decode forward (fixed shapes: full-length mask, static cache; no rewards,
+    so the step stays the backend's) gives HF's greedy tokens and logits, and the eager
+    path's sampled tokens; a second call with the same shapes compiles nothing."""
     from transformers import CompileConfig
 
     model, tok = tiny
@@ -290,10 +296,11 @@ def test_compiled_decode_step_matches_eager_and_hf(tiny):
         assert kept.any(1).all()
         assert_verbose_allclose(a[kept], b[kept], 1e-4, 1e-4, f"step {t} logits")
     kw = dict(max_new_tokens=12, do_sample=True, top_k=20, seed=5)
-    torch._dynamo.utils.counters.clear()
     sampled = pd.generate(model, **enc, **kw, compile=True, compile_config=cc)
     assert torch.equal(sampled, pd.generate(model, **enc, **kw))
-    assert not torch._dynamo.utils.counters["frames"], "the same shapes must not compile again"
+    torch._dynamo.utils.counters.clear()
+    assert torch.equal(pd.generate(model, **enc, **kw, compile=True, compile_config=cc), sampled)
+    assert not torch._dynamo.utils.counters["stats"]["unique_graphs"], "the same shapes must not compile again"
 
 
 def _step_cache_entries():
@@ -309,14 +316,16 @@ def test_compiled_step_with_rewards_matches_the_eager_step(tiny):
     """compile=True compiles the whole step beside the forward (the candidates' rewards, the
     torch step, the rollout's columns, the reward state) as one fullgraph graph: the eager
     torch step's tokens, mask and rewards, log-probs to fp32 rounding, through steering, the
-    repetition penalty, min_new_tokens and rows that end early; the same call again compiles
-    nothing; a reward with a reference model keeps the step eager (and still agrees)."""
+    repetition penalty, min_new_tokens and rows that end early, in at most two graphs (EOS
+    hidden or not); the same call again compiles nothing; a reward with a reference model
+    keeps the step eager (and still agrees)."""
     from transformers import CompileConfig
 
     model, tok = tiny
     R = pd.rewards
     rewards = pd.Rewards(tok, [R.Sentiment(), R.EndsWith(".", weight=0.5), R.Keywords(["apple", "orange"]),
-                               R.Repetition(weight=-0.5), R.Fluency(weight=0.1)])
+                               R.Repetition(weight=-0.5), R.Repetition(n=2, weight=-0.3, name="repeat2"),
+                               R.Fluency(weight=0.1)])
     enc = tok(PROMPTS[:5], return_tensors="pt", padding=True)
     kw = dict(max_new_tokens=14, min_new_tokens=3, do_sample=True, top_k=40, top_p=0.9, temperature=0.8,
               repetition_penalty=1.3, eos_token_id=list(range(100, 1100)), seed=11, rewards=rewards, steer=2.0,
@@ -326,7 +335,7 @@ def test_compiled_step_with_rewards_matches_the_eager_step(tiny):
     assert not want.mask.all() and want.mask[:, 3].all(), "rows must end early, none before min_new_tokens"
     before = _step_cache_entries()
     got = pd.generate(model, **enc, **kw, compile=True, compile_config=cc)
-    assert _step_cache_entries() > before, "the step must have been compiled"
+    assert 0 < _step_cache_entries() - before <= 2, "one graph while EOS is hidden, one after: not one a step"
     assert torch.equal(got.sequences, want.sequences) and torch.equal(got.mask, want.mask)
     assert_verbose_allclose(got.logprobs, want.logprobs, 1e-5, 1e-5, "logprobs")
     assert_verbose_allclose(got.policy_logprobs, want.policy_logprobs, 1e-5, 1e-5, "policy_logprobs")
@@ -376,7 +385,7 @@ def test_compiled_step_flags_unusable_rows_as_the_eager_step_does(tiny):
             torch.zeros(B, T), torch.zeros(0, B, T), torch.full((B,), -1), seen, P)
 
     eager, comp = buffers(), buffers()
-    fn = engine._compiled_sample_one(model, CompileConfig(dynamic=False, mode="default"))
+    fn = engine._compiled_sample_one(model, CompileConfig(dynamic=False, mode="default"), True)
     tok_e, _ = engine.sample_one(pd.sample_step, cfg, None, eager, logits, 2, True)
     tok_c, _ = fn(pd.sample_step, cfg, None, comp, logits, torch.tensor(2), True)
     assert torch.equal(tok_c, tok_e) and eager.first_bad.tolist() == [-1, 2, 2, -1]
@@ -387,26 +396,38 @@ def test_compiled_step_flags_unusable_rows_as_the_eager_step_does(tiny):
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
-def test_a_reward_that_syncs_is_named_when_the_step_compiles(tiny):
-    """A custom family that reads a tensor value on the host but claims to be traceable: the
-    compiled step refuses it at the first step with an error that says what to do."""
+def test_a_reward_that_cannot_be_traced_is_named_when_the_step_compiles(tiny):
+    """A custom family that branches on a tensor value but claims to be traceable: compile=True
+    refuses it with an error that says what to do; HF's automatic choice warns and runs the
+    step eager; marked traceable=False it runs eager beside the compiled forward."""
+    from transformers import CompileConfig
+
     from proxdecode.rewards.base import Reward
 
-    class Peeks(Reward):
-        default_name = "peeks"
+    class Branches(Reward):
+        default_name = "branches"
 
         def score(self, st, logits):
-            return torch.full_like(logits, float(logits.max().item() > 0))  # a host sync
+            if logits.max() > 0:  # data-dependent control flow: a graph break
+                return torch.zeros_like(logits)
+            return torch.ones_like(logits)
 
     model, tok = tiny
     enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
-    rewards = pd.Rewards(tok, [Peeks()])
-    with pytest.raises(ValueError, match=r"rewards: peeks.*traceable = False"):
-        pd.generate(model, **enc, max_new_tokens=3, do_sample=True, rewards=rewards, steer=1.0, compile=True)
-    Peeks.traceable = False  # then the step runs eager beside the compiled forward
-    out = pd.generate(model, **enc, max_new_tokens=3, do_sample=True, rewards=rewards, steer=1.0, compile=True, seed=1)
-    assert torch.equal(out.sequences, pd.generate(model, **enc, max_new_tokens=3, do_sample=True, rewards=rewards,
-                                                  steer=1.0, seed=1).sequences)
+    rewards = pd.Rewards(tok, [Branches()])
+    kw = dict(max_new_tokens=3, do_sample=True, rewards=rewards, steer=1.0, seed=1)
+    want = pd.generate(model, **enc, **kw).sequences
+    with pytest.raises(ValueError, match=r"rewards: branches.*traceable = False"):
+        pd.generate(model, **enc, **kw, compile=True)
+    everywhere = CompileConfig()
+    everywhere._compile_all_devices = True
+    with pytest.warns(UserWarning, match=r"rewards: branches.*runs eager"):
+        auto = pd.generate(model, **enc, **kw, cache_implementation="static", compile_config=everywhere)
+    assert torch.equal(auto.sequences, want)
+    Branches.traceable = False
+    before = _step_cache_entries()
+    assert torch.equal(pd.generate(model, **enc, **kw, compile=True).sequences, want)
+    assert _step_cache_entries() == before
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
@@ -416,7 +437,8 @@ def test_the_step_runs_eager_when_the_recompile_limit_is_reached(tiny, monkeypat
     model, tok = tiny
     enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", _step_cache_entries())  # no new graph allowed
-    kw = dict(max_new_tokens=4, do_sample=True, top_k=7, temperature=0.55, seed=2)  # settings no other test uses
+    kw = dict(max_new_tokens=4, do_sample=True, top_k=7, temperature=0.55, seed=2,  # settings no other test uses
+              rewards=pd.Rewards(tok, [pd.rewards.EndsWith(".")]), steer=1.5)
     with pytest.warns(UserWarning, match="recompile limit"):
         got = pd.generate(model, **enc, **kw, compile=True)
-    assert torch.equal(got, pd.generate(model, **enc, **kw, backend="torch"))
+    assert torch.equal(got.sequences, pd.generate(model, **enc, **kw, backend="torch").sequences)

@@ -138,11 +138,16 @@ class Repetition(Reward):
             rows = torch.arange(tokens.shape[0], device=tokens.device)
             st["seen"][rows, tokens] |= mark
             return
-        if st["room"] == 0:  # host-side counter: each step appends at most one token a row
-            grow = max(64, st["hist"].shape[1])
-            st["hist"] = torch.nn.functional.pad(st["hist"], (0, grow), value=-1)
-            st["room"] = grow
-        st["room"] -= 1
+        # room: a host-side count of free columns (each step appends at most one token a row),
+        # grown when a caller runs past max_new_tokens. Not under torch.compile: the compiled
+        # step runs inside generate, which never does, and a count changing every step would
+        # make a new graph every step.
+        if not torch.compiler.is_compiling():
+            if st["room"] == 0:
+                grow = max(64, st["hist"].shape[1])
+                st["hist"] = torch.nn.functional.pad(st["hist"], (0, grow), value=-1)
+                st["room"] = grow
+            st["room"] -= 1
         col = (self.n - 1 + st["length"])[:, None]
         old = st["hist"].gather(1, col)
         st["hist"].scatter_(1, col, torch.where(mark[:, None], tokens[:, None], old))
