@@ -97,7 +97,7 @@ def time_cache_ab(model, tok, batch: int, new_tokens: int, runs: int, engine: di
         return lambda n, seed: _call("pd", model, enc, n or new_tokens, seed,
                                      dict(engine or {}, cache_implementation=cache))
 
-    times = _alternating({"static": call("static"), "dynamic": call("dynamic")}, runs, device)
+    times = _alternating({"static": call("static"), "dynamic": call("dynamic")}, runs, device, engine)
     med = {c: statistics.median(v) for c, v in times.items()}
     return {"batch": batch, "new_tokens": new_tokens, "runs": runs, "engine": engine or {}, "static_s": times["static"],
             "dynamic_s": times["dynamic"], "static_speedup": med["dynamic"] / med["static"]}

@@ -431,14 +431,61 @@ def test_a_reward_that_cannot_be_traced_is_named_when_the_step_compiles(tiny):
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
-def test_the_step_runs_eager_when_the_recompile_limit_is_reached(tiny, monkeypatch):
+def test_the_step_runs_eager_when_the_recompile_limit_is_reached(tiny):
     """fullgraph turns torch.compile's recompile limit into an error; generate warns and runs
     that call's step eager instead, with the same tokens."""
     model, tok = tiny
     enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", _step_cache_entries())  # no new graph allowed
     kw = dict(max_new_tokens=4, do_sample=True, top_k=7, temperature=0.55, seed=2,  # settings no other test uses
               rewards=pd.Rewards(tok, [pd.rewards.EndsWith(".")]), steer=1.5)
-    with pytest.warns(UserWarning, match="recompile limit"):
-        got = pd.generate(model, **enc, **kw, compile=True)
+    with torch._dynamo.config.patch(recompile_limit=_step_cache_entries()):  # no new graph allowed
+        with pytest.warns(UserWarning, match="recompile limit"):
+            got = pd.generate(model, **enc, **kw, compile=True)
     assert torch.equal(got.sequences, pd.generate(model, **enc, **kw, backend="torch").sequences)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
+def test_compiled_step_with_the_other_families_and_loop_features(tiny):
+    """HF's default compile settings (dynamic shapes) over the other families (Overlap,
+    Length, WordList, Capitalization, a TextReward) and the loop's host-side features
+    (num_return_sequences, a stop string that fires; a streamer at batch one): what the eager
+    step gives."""
+    model, tok = tiny
+    R = pd.rewards
+    rewards = pd.Rewards(tok, [
+        R.Overlap("the cat sat on the mat", n=2, weight=2.0), R.Length(max_tokens=8, weight=0.5),
+        R.WordList(["the", "cat"], weight=0.7), R.Capitalization(weight=0.3),
+        R.TextReward(lambda text: float(len(text) % 7), name="length_mod_7")])
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=10, do_sample=True, top_k=30, num_return_sequences=2, seed=4, rewards=rewards,
+              steer=1.5)
+    plain = pd.generate(model, **enc, **kw, backend="torch")
+    stop = tok.decode(plain.tokens[1, 4:5])  # the text of one row's fifth token: it will fire there
+    kw.update(stop_strings=[stop], tokenizer=tok)
+
+    class Collect:
+        def __init__(self):
+            self.calls = []
+
+        def put(self, value):
+            self.calls.append(value.tolist())
+
+        def end(self):
+            self.calls.append("end")
+
+    want = pd.generate(model, **enc, **kw, backend="torch")
+    before = _step_cache_entries()
+    got = pd.generate(model, **enc, **kw, compile=True)
+    assert _step_cache_entries() > before, "the step must have been compiled"
+    assert not want.mask[1].all(), "the stop string must end a row early"
+    assert torch.equal(got.sequences, want.sequences) and torch.equal(got.mask, want.mask)
+    for name in rewards.names:
+        assert_verbose_allclose(got.reward_components[name], want.reward_components[name], 1e-5, 1e-5, name)
+    assert_verbose_allclose(got.logprobs, want.logprobs, 1e-5, 1e-5, "logprobs")
+
+    one = tok(PROMPTS[:1], return_tensors="pt")  # a streamer takes one row, as in HF
+    kw1 = dict(kw, num_return_sequences=1)
+    a, b = Collect(), Collect()
+    assert torch.equal(pd.generate(model, **one, **kw1, compile=True, streamer=b).sequences,
+                       pd.generate(model, **one, **kw1, backend="torch", streamer=a).sequences)
+    assert a.calls == b.calls and len(a.calls) > 2
