@@ -18,7 +18,10 @@ script, in one process, in under 8 minutes, and writes what it measured as it go
 4. ``e2e``: tokens/s of ``pd.generate`` (Triton step and torch step) against
    ``model.generate`` on random-weight models of real shapes (smollm2-135m, llama-1b),
    batch 1, 64, 256, rewards off and on, 32 new tokens, top_k=50, top_p=0.9, T=0.8;
-   alternating, median of several runs.
+   alternating, median of several runs. One cell (the first model at batch 64) adds
+   ``compile=True``: the forward compiled with HF's default settings ("reduce-overhead":
+   a CUDA graph) beside the eager Triton step (``pd_triton_compiled``), and with rewards on
+   the whole step after it compiled too (``pd_compiled_step``, ``engine.sample_one``).
 
 Results: ``gpu-step.json`` (env, check, timing) and ``gpu-e2e.json`` in
 ``$OUT/benchmarks/results`` when ``$OUT`` is set, else ``benchmarks/results`` (or
