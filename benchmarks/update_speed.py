@@ -148,8 +148,9 @@ def main(argv=None):
 
     # medians of per-round figures: the paths of a round ran back to back, so pairing
     # them within a round cancels the machine's slow drifts that medians taken apart keep
+    compared = [p for p in paths if p not in ("hf", "pd_plain")]  # the pd rollouts with rewards
     for r in rounds:
-        for path in [p for p in paths if p not in ("hf", "pd_plain")]:
+        for path in compared:
             suffix = path[2:]  # "", "_onednn", "_compiled"
             r["rollout_speedup" + suffix] = r["hf_s"] / r[path + "_s"]
             r["update_speedup" + suffix] = (r["hf_s"] + r["learn_s"]) / (r[path + "_s"] + r["learn_s"])
@@ -174,7 +175,7 @@ def main(argv=None):
         print(f"{name:<16}{s['rollout_s']:>11.3f}{s['reward_s']:>10.3f}{s['learn_s']:>9.3f}")
     print(f"reward work alone: {work['all_candidates']:.2f} ms a step scoring every candidate, "
           f"{work['chosen']:.2f} ms the chosen tokens only")
-    for path in [p for p in paths if p not in ("hf", "pd_plain")]:
+    for path in compared:
         suffix = path[2:]
         print(f"rollout + rewards: {path} {med[path + '_s']:.3f} s vs HF + Python {med['hf_s']:.3f} s (medians); "
               f"median per-round ratios: rollout {med['rollout_speedup' + suffix]:.2f}x, "

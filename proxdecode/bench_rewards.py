@@ -18,6 +18,7 @@ and task rewards (Keywords, EndsWith, Overlap vs sacrebleu) at beta = 0 and a ch
 
 from __future__ import annotations
 
+import itertools
 import math
 import platform
 import statistics
@@ -147,10 +148,10 @@ def step_after_forward_ms(model, rewards, enc, steer: float, new_tokens: int, lo
     def timed(sample, step_fn, tensor_step):
         run = rewards.start(V, B, logits.device, None, ids, mask, new_tokens)
         buf = engine._Buffers.start(cfg, ids, mask, B, new_tokens, len(run.names), V)
-        step = iter(range(10 ** 9))
+        steps = itertools.cycle(range(new_tokens))
 
         def one():
-            t = next(step) % new_tokens
+            t = next(steps)
             buf.alive.fill_(True)
             sample(step_fn, cfg, run, buf, logits, t_dev.fill_(t) if tensor_step else t, False)
         with torch.inference_mode():

@@ -86,7 +86,7 @@ class DecodeConfig:
     stop_strings: tuple[str, ...] = ()
     static_cache: bool = True  # False: HF's DynamicCache (cache_implementation="dynamic")
     backend: str = "auto"  # the step implementation: auto | torch | triton | cpp
-    compile: bool = False  # compile the decode-step forward
+    compile: bool = False  # compile the decode step (the forward; the step after it with rewards)
     compile_required: bool = False  # the caller asked (compile=True): no eager fallback
     compile_config: Any = None  # the transformers CompileConfig to compile with; None: HF's default
     linear: str = "torch"  # the linear layers: torch (F.linear) | onednn (packed, CPU)
@@ -195,7 +195,7 @@ class DecodeConfig:
 
 
 def _decide_compile(model, gc, cache_impl, compile) -> bool:
-    """Whether to compile the decode-step forward.
+    """Whether to compile the decode step (the forward, and with rewards the step after it).
 
     ``compile=None`` decides as HF's ``generate`` does (``_valid_auto_compile_criteria``): a
     static cache asked for by name, ``disable_compile`` unset, a CUDA/XPU/Neuron/TPU model or

@@ -195,7 +195,6 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
     device = input_ids.device
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
-    batch = input_ids.shape[0] * cfg.num_return_sequences
     ids = input_ids.long()
     if attention_mask is None:  # HF: pad positions are masked only when pad differs from EOS
         pad_is_eos = cfg.pad_token_id in cfg.eos_token_ids
@@ -204,7 +203,7 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
     mask = attention_mask.long().repeat_interleave(cfg.num_return_sequences, 0)  # [B, P]
     B, P = ids.shape
     T = cfg.max_new_tokens
-    run = rewards.start(vocab, batch, device, generate_kwargs.get("tokenizer"), ids, mask, T, cfg.linear) \
+    run = rewards.start(vocab, B, device, generate_kwargs.get("tokenizer"), ids, mask, T, cfg.linear) \
         if rewards else None
     streamer = generate_kwargs.get("streamer")
     stop = None

@@ -19,6 +19,19 @@ PROMPTS = ["I like to eat", "Today is a", "The capital of France is",
            "<|im_start|>user\nSay only: goodbye.<|im_end|>\n<|im_start|>assistant\n"]
 
 
+class CollectStreamer:
+    """A streamer that records what ``generate`` hands it, to compare two runs' streams."""
+
+    def __init__(self):
+        self.calls = []
+
+    def put(self, value):
+        self.calls.append(value.tolist())
+
+    def end(self):
+        self.calls.append("end")
+
+
 @pytest.mark.parametrize("rp,cache", [(1.0, None), (1.3, None), (1.0, "dynamic")])
 def test_greedy_is_token_identical_to_hf(real, rp, cache):
     model, tok = real
@@ -90,17 +103,7 @@ def test_stop_strings_and_streamer_match_hf(real):
     model, tok = real
     enc = tok(["The capital of France is"], return_tensors="pt")
 
-    class Collect:
-        def __init__(self):
-            self.calls = []
-
-        def put(self, value):
-            self.calls.append(value.tolist())
-
-        def end(self):
-            self.calls.append("end")
-
-    a, b = Collect(), Collect()
+    a, b = CollectStreamer(), CollectStreamer()
     kw = dict(max_new_tokens=30, do_sample=False, stop_strings=["."], tokenizer=tok)
     want = model.generate(**enc, streamer=a, **kw)
     got = pd.generate(model, **enc, streamer=b, **kw)
@@ -463,16 +466,6 @@ def test_compiled_step_with_the_other_families_and_loop_features(tiny):
     stop = tok.decode(plain.tokens[1, 4:5])  # the text of one row's fifth token: it will fire there
     kw.update(stop_strings=[stop], tokenizer=tok)
 
-    class Collect:
-        def __init__(self):
-            self.calls = []
-
-        def put(self, value):
-            self.calls.append(value.tolist())
-
-        def end(self):
-            self.calls.append("end")
-
     want = pd.generate(model, **enc, **kw, backend="torch")
     before = _step_cache_entries()
     got = pd.generate(model, **enc, **kw, compile=True)
@@ -485,7 +478,7 @@ def test_compiled_step_with_the_other_families_and_loop_features(tiny):
 
     one = tok(PROMPTS[:1], return_tensors="pt")  # a streamer takes one row, as in HF
     kw1 = dict(kw, num_return_sequences=1)
-    a, b = Collect(), Collect()
+    a, b = CollectStreamer(), CollectStreamer()
     assert torch.equal(pd.generate(model, **one, **kw1, compile=True, streamer=b).sequences,
                        pd.generate(model, **one, **kw1, backend="torch", streamer=a).sequences)
     assert a.calls == b.calls and len(a.calls) > 2
