@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 
 import torch
 import triton
@@ -524,6 +525,22 @@ GPU_BLOCK, GPU_WARPS = 2048, 8  # the fixed config when autotune is off
 INTERPRET_MAX_BLOCK = 8192
 
 
+def _fp32(x: float) -> float:
+    """``x`` rounded to the nearest float32, on the host (no tensor, so no device work)."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:  # beyond float32's range
+        return math.copysign(math.inf, x)
+
+
+def _fp32_reciprocal(x: float) -> float:
+    """fp32(1 / fp32(x)), as torch's CUDA division by a scalar computes it. One float64
+    division, then one rounding to float32, is the correctly rounded float32 quotient: double
+    rounding is harmless when the wider format has >= 2p + 2 bits (53 >= 2 * 24 + 2)."""
+    d = _fp32(x)
+    return _fp32(1.0 / d) if d != 0.0 else math.copysign(math.inf, d)
+
+
 def _row_param(x, batch: int, device) -> tuple[bool, torch.Tensor | None, float]:
     """A scalar or per-row parameter: (per_row, [B] fp32 tensor or None, scalar value)."""
     if isinstance(x, torch.Tensor):
@@ -618,8 +635,7 @@ def sample_step_triton(
     else:
         seen_arg, stride_seen = valid, 0
     rp = float(repetition_penalty)
-    # fp32(1 / fp32(rp)), computed on the host as torch's CUDA division by a scalar does
-    inv_rp = (torch.tensor(1.0) / torch.tensor(rp, dtype=torch.float32)).item() if penalty else 1.0
+    inv_rp = _fp32_reciprocal(rp) if penalty else 1.0
     has_sup = suppress is not None and suppress.numel() > 0
     sup = suppress.to(device=device, dtype=torch.int64).reshape(-1).contiguous() if has_sup else tokens
     use_reward = reward is not None and steer != 0.0

@@ -105,6 +105,6 @@ class Decoder:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.t += 1
-        self.full_mask[:, self.P + self.t - 1] = 1  # the slot this token is written to
+        self.full_mask[:, self.P + self.t - 1].fill_(1)  # the slot this token is written to
         mask = self.full_mask if self.fixed_shapes else self.full_mask[:, : self.P + self.t]  # [B, P+T]
         return self._run(self.compiled or self.model, tokens[:, None], self.last_pos + self.t, mask)

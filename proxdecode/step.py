@@ -51,8 +51,11 @@ class StepOutput:
 
 
 def _per_row(x, batch: int, device) -> torch.Tensor:
-    """A scalar or ``[B]`` parameter as a float32 ``[B, 1]`` column."""
-    t = torch.as_tensor(x, dtype=torch.float32, device=device)
+    """A scalar or ``[B]`` parameter as a float32 ``[B, 1]`` column (a Python number is a fill
+    on the device, not a copy from the host)."""
+    if not isinstance(x, torch.Tensor):
+        return torch.full((batch, 1), float(x), dtype=torch.float32, device=device)
+    t = x.to(device=device, dtype=torch.float32)
     return t.expand(batch).reshape(batch, 1) if t.ndim == 0 else t.reshape(batch, 1)
 
 

@@ -63,3 +63,61 @@ def packed_calls(monkeypatch):
 
     monkeypatch.setattr("proxdecode.decoder.pack_linears", counting_pack)
     return calls
+
+
+# What makes the host wait for an accelerator's queue: reading a value back (.item(), bool(),
+# int()), an output whose shape depends on the data (nonzero, boolean-mask indexing, unique),
+# or a tensor built from host data (torch.tensor / as_tensor of Python values: a blocking
+# copy). On a CPU nothing waits, so a CPU test checks "no host sync inside a step" by these.
+HOST_SYNC_OPS = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.equal.default",
+                 "aten.nonzero.default", "aten.masked_select.default", "aten.lift_fresh.default",
+                 "aten._unique2.default", "aten.unique_dim.default", "aten.unique_consecutive.default",
+                 "aten.repeat_interleave.Tensor", "aten.bincount.default"}
+
+
+def _host_sync_mode():
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostSyncs(TorchDispatchMode):
+        """Records each op run inside it that would sync an accelerator, with the line of
+        proxdecode (or kernels/) that called it."""
+
+        def __init__(self):
+            super().__init__()
+            self.found = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func)
+            bool_index = name in ("aten.index.Tensor", "aten.index_put_.default", "aten.index_put.default") \
+                and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
+            if name in HOST_SYNC_OPS or bool_index or (name == "aten.repeat_interleave.self_Tensor"
+                                                      and (kwargs or {}).get("output_size") is None):
+                ours = [f for f in traceback.extract_stack()
+                        if "/proxdecode/" in f.filename or "/kernels/" in f.filename]
+                where = f"{ours[-1].filename.split('/')[-1]}:{ours[-1].lineno} {ours[-1].line}" if ours else "?"
+                self.found.append(f"{name}{' (bool index)' if bool_index else ''} at {where}")
+            return func(*args, **(kwargs or {}))
+    return HostSyncs()
+
+
+@pytest.fixture
+def host_syncs():
+    """``host_syncs(fn)`` wraps ``fn`` so every call records the host syncs it would make on an
+    accelerator; the fixture's ``.found`` lists them (op and calling line)."""
+    modes = []
+
+    def wrap(fn):
+        def run(*args, **kwargs):
+            mode = _host_sync_mode()
+            with mode:
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    modes.append(mode)
+        return run
+
+    wrap.found = lambda: [f for m in modes for f in m.found]
+    wrap.calls = lambda: len(modes)
+    return wrap

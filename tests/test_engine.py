@@ -482,3 +482,30 @@ def test_compiled_step_with_the_other_families_and_loop_features(tiny):
     assert torch.equal(pd.generate(model, **one, **kw1, compile=True, streamer=b).sequences,
                        pd.generate(model, **one, **kw1, backend="torch", streamer=a).sequences)
     assert a.calls == b.calls and len(a.calls) > 2
+
+
+@pytest.mark.parametrize("backend,steer", [("torch", 1.5), ("cpp", 1.5), ("cpp", 0.0)])
+def test_a_decode_step_makes_no_host_sync(tiny, monkeypatch, host_syncs, backend, steer):
+    """Between the loop's every-SYNC_EVERY check, a step reads nothing back and builds no
+    tensor from host data: the forward (``Decoder.step``, a reference model's too) and
+    everything after it (``sample_one``: every vectorised family scoring and recording, the
+    repetition penalty, EOS hidden under min_new_tokens, top-k/top-p/min-p; steering, or
+    not: then each family's ``chosen`` path). On a GPU each such op would stall the queue;
+    here they are caught at dispatch."""
+    from proxdecode import decoder, engine
+
+    model, tok = tiny
+    R = pd.rewards
+    rewards = pd.Rewards(tok, [
+        R.Sentiment(), R.EndsWith(".", weight=0.5), R.Keywords(["apple", "orange"]), R.Repetition(weight=-0.5),
+        R.Repetition(n=2, weight=-0.3, name="repeat2"), R.Fluency(weight=0.1), R.Length(max_tokens=6),
+        R.WordList(["the", "cat"], weight=0.7), R.Capitalization(weight=0.3), R.Topic(["food"], model=model),
+        R.Overlap("the cat sat on the mat", n=2), R.KLPenalty(model, coef=0.2),
+        R.TextReward(lambda text: float(len(text)), every=2, name="chars")])  # runs after the loop
+    monkeypatch.setattr(engine, "sample_one", host_syncs(engine.sample_one))
+    monkeypatch.setattr(decoder.Decoder, "step", host_syncs(decoder.Decoder.step))
+    enc = tok(PROMPTS[:3], return_tensors="pt", padding=True)
+    out = pd.generate(model, **enc, max_new_tokens=6, min_new_tokens=2, do_sample=True, top_k=30, top_p=0.9,
+                      min_p=0.02, repetition_penalty=1.2, rewards=rewards, steer=steer, seed=3, backend=backend)
+    assert out.mask.all() and host_syncs.calls() >= 6 + 5 + 5, "steps, and the policy's and reference's forwards"
+    assert not host_syncs.found(), "host syncs inside a step:\n" + "\n".join(sorted(set(host_syncs.found())))

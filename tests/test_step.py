@@ -143,3 +143,39 @@ def test_per_row_parameters_equal_row_by_row_scalars():
         assert one.tokens.item() == batched.tokens[b].item()
         assert_verbose_allclose(torch.softmax(batched.scores[b], -1), torch.softmax(one.scores[0], -1),
                                 1e-6, 0, name=f"row {b}")
+
+
+def _step_impl(name):
+    if name == "torch":
+        return sample_step
+    if name == "cpp":
+        from proxdecode import cpp
+        if not cpp.available():
+            pytest.skip("the C++ step could not be built on this machine")
+        return cpp.sample_step_cpp
+    pytest.importorskip("triton")
+    from proxdecode.kernels.sample_step import sample_step_triton
+    return sample_step_triton
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's inf - inf inside Triton's interpreter
+@pytest.mark.parametrize("impl", ["torch", "cpp", "triton"])
+def test_a_step_makes_no_host_sync(host_syncs, impl):
+    """Every step implementation, with every option on (scalar and per-row parameters, the
+    repetition penalty, suppressed ids, steering, dense scores), reads nothing back from the
+    device and builds no tensor from host data: Python numbers travel as kernel arguments or
+    device fills. Checked at dispatch (see conftest.HOST_SYNC_OPS); the C++ and Triton
+    launchers' own host work shows up there too."""
+    step = host_syncs(_step_impl(impl))
+    B, V = 3, 1000
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(B, V, generator=g) * 3
+    kw = dict(seeds=torch.arange(B) * 7919 + 1, step=2, top_k=50, repetition_penalty=1.3,
+              seen=torch.rand(B, V, generator=g) < 0.2, suppress=torch.tensor([0, 5]),
+              reward=torch.randn(B, V, generator=g), steer=1.5, return_scores=True)
+    step(z, **kw, temperature=0.8, top_p=0.9, min_p=0.02)
+    step(z, **kw, temperature=torch.rand(B, generator=g) + 0.5, top_p=torch.full((B,), 0.9),
+         min_p=torch.full((B,), 0.02))
+    step(z.bfloat16(), seeds=kw["seeds"], step=3, do_sample=False, top_p=0.5)
+    assert host_syncs.calls() == 3
+    assert not host_syncs.found(), "host syncs in the step:\n" + "\n".join(sorted(set(host_syncs.found())))

@@ -129,7 +129,7 @@ class _Bound:
     names: list[str]
     table: torch.Tensor | None  # [V] weighted sum of all token tables
     tables: torch.Tensor | None  # [F_table, V] weighted, for per-component reads
-    table_pos: list[int]  # component index of each table row
+    table_pos: torch.Tensor  # [F_table] int64 component index of each table row (device)
     live: list[tuple[int, Reward]]  # (component index, family) of state/model kinds
     text: list[tuple[int, Reward]]  # (component index, family) of the text kind
     tokenizer: object
@@ -185,8 +185,8 @@ class Rewards:
             else:
                 live.append((i, f))
         stacked = torch.stack(tables).to(device) if tables else None
-        bound = _Bound(self.names, stacked.sum(0) if tables else None, stacked, pos, live, text,
-                       self.tokenizer)
+        bound = _Bound(self.names, stacked.sum(0) if tables else None, stacked,
+                       torch.tensor(pos, dtype=torch.long, device=device), live, text, self.tokenizer)
         ctx = RewardContext(batch, torch.device(device), model_vocab, prompt_ids, prompt_mask,
                             max_new_tokens, linear)
         return RewardRun(bound, [f.init(ctx) for _, f in live], model_vocab)
@@ -230,7 +230,7 @@ class RewardRun:
         same ``[B, V]`` ``logits``."""
         out = torch.zeros(len(self.b.names), tokens.shape[0], device=tokens.device)
         if self.b.tables is not None:
-            out[self.b.table_pos] = self.b.tables[:, tokens]
+            out.index_copy_(0, self.b.table_pos, self.b.tables[:, tokens])  # a device index: no host copy
         dense, self._dense = self._dense, []
         if self.b.live and not dense and logits is None:
             raise ValueError("RewardRun.record: pass this step's logits when score() did not run")
