@@ -21,7 +21,9 @@ script, in one process, in under 8 minutes, and writes what it measured as it go
    alternating, median of several runs. One cell (the first model at batch 64) adds
    ``compile=True``: the forward compiled with HF's default settings ("reduce-overhead":
    a CUDA graph) beside the eager Triton step (``pd_triton_compiled``), and with rewards on
-   the whole step after it compiled too (``pd_compiled_step``, ``engine.sample_one``).
+   the whole step after it compiled too (``pd_compiled_step``, ``engine.sample_one``);
+   with rewards on it also counts the host syncs of one ``pd_triton`` call with
+   ``torch.cuda.set_sync_debug_mode`` (the loop's own check is every ``SYNC_EVERY`` steps).
 
 Results: ``gpu-step.json`` (env, check, timing) and ``gpu-e2e.json`` in
 ``$OUT/benchmarks/results`` when ``$OUT`` is set, else ``benchmarks/results`` (or
@@ -247,6 +249,25 @@ def bench_ms(fn) -> float:
     return statistics.median(times)
 
 
+def count_host_syncs(fn) -> dict:
+    """The synchronising CUDA calls ``fn()`` makes, counted with torch's sync debug mode (one
+    warning each: a stream sync, a blocking copy, a value read back)."""
+    import warnings
+
+    if DEV != "cuda":
+        return {"skipped": "CUDA only"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    msgs = [str(w.message).splitlines()[0][:200] for w in caught if "synchroniz" in str(w.message).lower()]
+    return {"count": len(msgs), "kinds": sorted(set(msgs))[:5]}
+
+
 def make_logits(B, V, dtype, seed=0):
     """LLM-like logits: Gaussian (std 2.5) with a few dominant tokens per row."""
     g = torch.Generator(device=DEV).manual_seed(seed)
@@ -348,15 +369,10 @@ def section_check(rec: Recorder, shapes, dtypes, one_shape):
     os.environ.pop("PROXDECODE_TRITON_AUTOTUNE", None)
 
     def cpp_cuda():
-        try:
-            from proxdecode import cpp
-        except Exception as e:  # noqa: BLE001
-            return {"status": f"not available: import failed ({type(e).__name__}: {e})"}
-        fn = next((getattr(cpp, n) for n in ("sample_step_cuda", "sample_step_cpp_cuda") if hasattr(cpp, n)), None)
-        supports = getattr(cpp, "supports_cuda", None) or getattr(cpp, "cuda_available", None)
-        if fn is None and not (callable(supports) and supports()):
-            return {"status": "not available: proxdecode.cpp offers no CUDA path (CPU only); not built here"}
-        fn = fn or cpp.sample_step_cpp
+        if DEV != "cuda":
+            return {"status": "skipped: the CUDA step needs a CUDA device"}
+        from proxdecode.cpp import sample_step_cuda as fn
+
         z = make_logits(B, V, torch.float32, seed=9)
         s = seeds_for(B)
         ref = sample_step(z, seeds=s, step=3, **MAIN)
@@ -500,6 +516,12 @@ def section_e2e(rec: Recorder, models, batches, new_tokens, reps, model_dtype):
                             res[f"ratio_{k}_over_hf"] = round(med["hf_generate"] / med[k], 3)
                     if rewards_on:
                         res["note"] = "hf_generate runs without rewards: the ratio includes the rewards' cost"
+                    if rewards_on and shape == models[0] and B == batches[1]:
+                        # the loop asks "all done?" every SYNC_EVERY steps (two reads); the rest
+                        # (prefill, the final cut, the rollout) is outside the steps
+                        from proxdecode.engine import SYNC_EVERY
+                        res["host_syncs_pd_triton"] = dict(count_host_syncs(runs["pd_triton"]),
+                                                           steps=new_tokens, loop_checks=new_tokens // SYNC_EVERY)
                     if notes:
                         res["notes"] = sorted(set(notes))
                     return res
