@@ -12,9 +12,9 @@ id, and top-p without top-k uses an exact softmax denominator.
 Why build at first use rather than at install: the package stays a pure-Python wheel, and
 the extension is compiled with ``-march=native`` for the machine that runs it.
 
-The build cache: ``<cache_dir()>/ext/<name>`` where ``name`` hashes the sources, torch's
-version, the compiler, the flags and, for ``-march=native`` builds, the CPU (model name and
-feature flags from ``/proc/cpuinfo``). A home directory shared by machines with different
+The build cache: ``<cache_dir()>/ext/<name>`` where ``name`` hashes the sources and the
+headers beside them, torch's version, the compiler, the flags and, for ``-march=native``
+builds, the CPU (model name and feature flags from ``/proc/cpuinfo``). A home directory shared by machines with different
 CPUs (a cluster's NFS home) therefore never loads a binary built for another CPU: each CPU
 gets its own build. If ``-march=native`` or OpenMP is refused, a generic build is tried
 (named without the CPU), then one without OpenMP. A failed build leaves ``<name>.failed``
@@ -116,7 +116,9 @@ def _spec(kind: str) -> tuple[list[str], list[tuple[str, dict, str]]]:
 
 def _build_name(kind: str, label: str, kwargs: dict, extra: str, sources: list[Path]) -> str:
     h = hashlib.sha256()
-    for src in sources:
+    headers = sorted(_source_dir().glob("*.h"))  # what the sources include, so an edit rebuilds
+    for src in list(sources) + headers:
+        h.update(src.name.encode())
         h.update(src.read_bytes())
     h.update(torch.__version__.encode())
     h.update(os.environ.get("CXX", "c++").encode())
@@ -193,8 +195,11 @@ def _build(kind: str):
                 if not any(build_dir.glob("*.so")):
                     _log.info("proxdecode: building the %s step (%s) in %s, once", kind, label, build_dir)
                 try:
+                    # load() appends torch's own flags to the lists it is given: hand it copies,
+                    # so the next variant's flags (and build name) stay what _spec says
+                    flags = {k: list(v) for k, v in kwargs.items()}
                     return load(name=name, sources=[str(s) for s in sources], build_directory=str(build_dir),
-                                verbose=False, **kwargs)
+                                verbose=False, **flags)
                 except Exception as e:
                     error = _first_error(e)
                     failed.write_text(error + "\n")

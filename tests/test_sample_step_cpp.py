@@ -307,3 +307,29 @@ def test_fallback_when_the_extension_cannot_be_built(cpp, monkeypatch):
         reference._resolve("cpp", "cpu")
     with pytest.raises(RuntimeError, match="not available"):
         cpp.sample_step_cpp(torch.zeros(1, 4), seeds=torch.zeros(1, dtype=torch.long), step=0)
+
+
+def test_each_build_variant_keeps_its_own_flags(cpp, monkeypatch, tmp_path):
+    """torch's ``load`` appends its own flags to the lists it is given. A variant that fails
+    must not leak them into the next one's flags and name, or the next process (which skips
+    the cached failure) would name, and build, that variant again."""
+    import torch.utils.cpp_extension as cpp_extension
+
+    from proxdecode import models
+
+    clean = cpp._spec("cpu")
+    seen = []
+
+    def failing_load(name, sources, build_directory, verbose, **flags):
+        seen.append((name, {k: list(v) for k, v in flags.items()}))
+        for v in flags.values():
+            v.append("-ltorch_as_load_does")
+        raise RuntimeError("error: unrecognized command-line option '-march=native'")  # flag trouble
+
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    monkeypatch.setattr(models, "cache_dir", lambda: tmp_path)
+    with pytest.raises(RuntimeError, match="unrecognized command-line option"):
+        cpp._build("cpu")
+    assert cpp._spec("cpu") == clean
+    assert [flags for _, flags in seen] == [kw for _, kw, _ in clean[1]], "every variant, each with its own flags"
+    assert len({name for name, _ in seen}) == len(seen)
