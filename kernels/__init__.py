@@ -5,7 +5,9 @@ step is ``proxdecode.step.sample_step``, whose counter-based draws (``proxdecode
 are bit-exact with ``tl.rand`` so a kernel can match its tokens.
 
 - ``sample_step.sample_step_triton``: the whole step (penalty, top-k / top-p / min-p
-  without sorting, reward steering, Gumbel-max) in one kernel, one program per row.
+  without sorting, reward steering, Gumbel-max) in one kernel, one program per row; its
+  per-row pieces (the tile and general paths) are the ``@triton.jit`` functions of
+  ``sample_step_paths``.
 
 Names are exported lazily so that importing the package does not import Triton.
 """
