@@ -27,6 +27,7 @@ bench: setup
 	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --out benchmarks/results/e2e-cpu-fp32.json
 	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --dtype bfloat16 --out benchmarks/results/e2e-cpu-bf16.json
 	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --linear onednn --out benchmarks/results/e2e-cpu-fp32-onednn.json
+	$(VENV)/bin/proxdecode bench --cache-ab --batch 8 32 --runs 5 --out benchmarks/results/cache-ab-cpu-fp32.json
 
 bench-step: setup
 	$(PY) -m pytest benchmarks/bench_step.py --benchmark-only --benchmark-columns=median,iqr,ops \
@@ -38,6 +39,7 @@ bench-linear: setup
 bench-rewards: setup
 	$(VENV)/bin/proxdecode bench --rewards --batch 8 --new-tokens 32 --runs 3 --out benchmarks/results/rewards-cpu.json
 	$(VENV)/bin/proxdecode bench --rewards --batch 8 --new-tokens 32 --runs 3 --compile --out benchmarks/results/rewards-cpu-compiled.json
+	$(VENV)/bin/proxdecode bench --rewards --batch 8 --new-tokens 32 --runs 3 --linear onednn --out benchmarks/results/rewards-cpu-onednn.json
 
 bench-steering: setup
 	$(VENV)/bin/proxdecode bench --steering --out benchmarks/results/steering-cpu.json

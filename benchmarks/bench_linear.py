@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from proxdecode.bench_rewards import _machine
+from proxdecode.bench import _machine
 from proxdecode.linear import pack_linears, packed_forwards
 
 RESULTS = Path(__file__).parent / "results"

@@ -23,7 +23,7 @@ script, in one process, in under 8 minutes, and writes what it measured as it go
    a CUDA graph) beside the eager Triton step (``pd_triton_compiled``), and with rewards on
    the whole step after it compiled too (``pd_compiled_step``, ``engine.sample_one``);
    with rewards on it also counts the host syncs of one ``pd_triton`` call with
-   ``torch.cuda.set_sync_debug_mode`` (the loop's own check is every ``SYNC_EVERY`` steps).
+   ``torch.cuda.set_sync_debug_mode``, in the whole call and inside its steps (none expected).
 
 Results: ``gpu-step.json`` (env, check, timing) and ``gpu-e2e.json`` in
 ``$OUT/benchmarks/results`` when ``$OUT`` is set, else ``benchmarks/results`` (or
@@ -250,12 +250,33 @@ def bench_ms(fn) -> float:
 
 
 def count_host_syncs(fn) -> dict:
-    """The synchronising CUDA calls ``fn()`` makes, counted with torch's sync debug mode (one
-    warning each: a stream sync, a blocking copy, a value read back)."""
+    """The synchronising CUDA calls of one ``fn()`` (a ``generate`` call), counted with torch's
+    sync debug mode (one warning each: a stream sync, a blocking copy, a value read back):
+    in the whole call, and inside its decode steps only (``engine.sample_one`` and
+    ``Decoder.step``, the policy's and any reference model's), which should make none."""
     import warnings
+
+    from proxdecode import decoder, engine
 
     if DEV != "cuda":
         return {"skipped": "CUDA only"}
+    inside, calls = [], []
+
+    def is_sync(w):
+        return "synchroniz" in str(w.message).lower()
+
+    def counted(step):
+        def run(*args, **kwargs):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = step(*args, **kwargs)
+            calls.append(1)
+            inside.extend(str(w.message).splitlines()[0][:200] for w in caught if is_sync(w))
+            return out
+        return run
+
+    saved = engine.sample_one, decoder.Decoder.step
+    engine.sample_one, decoder.Decoder.step = counted(saved[0]), counted(saved[1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -264,8 +285,10 @@ def count_host_syncs(fn) -> dict:
             torch.cuda.synchronize()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    msgs = [str(w.message).splitlines()[0][:200] for w in caught if "synchroniz" in str(w.message).lower()]
-    return {"count": len(msgs), "kinds": sorted(set(msgs))[:5]}
+            engine.sample_one, decoder.Decoder.step = saved
+    whole = [w for w in caught if is_sync(w)]
+    return {"whole_call": len(whole) + len(inside), "inside_steps": len(inside), "step_calls": len(calls),
+            "kinds_inside_steps": sorted(set(inside))[:5]}
 
 
 def make_logits(B, V, dtype, seed=0):
@@ -517,11 +540,12 @@ def section_e2e(rec: Recorder, models, batches, new_tokens, reps, model_dtype):
                     if rewards_on:
                         res["note"] = "hf_generate runs without rewards: the ratio includes the rewards' cost"
                     if rewards_on and shape == models[0] and B == batches[1]:
-                        # the loop asks "all done?" every SYNC_EVERY steps (two reads); the rest
-                        # (prefill, the final cut, the rollout) is outside the steps
+                        # inside the steps: none expected; the loop asks "all done?" between them
+                        # every SYNC_EVERY steps (up to two reads); the prefill, the reward set-up,
+                        # the final cut and the rollout are outside them too
                         from proxdecode.engine import SYNC_EVERY
-                        res["host_syncs_pd_triton"] = dict(count_host_syncs(runs["pd_triton"]),
-                                                           steps=new_tokens, loop_checks=new_tokens // SYNC_EVERY)
+                        res["host_syncs_pd_triton"] = dict(count_host_syncs(runs["pd_triton"]), steps=new_tokens,
+                                                           loop_check_reads=2 * ((new_tokens - 1) // SYNC_EVERY))
                     if notes:
                         res["notes"] = sorted(set(notes))
                     return res

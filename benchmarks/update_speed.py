@@ -16,7 +16,8 @@ REINFORCE, full model) is the same for both and is timed once per round on the p
 pd runs twice per round: with the model's linear layers as HF runs them (``F.linear``, the
 same forward as HF's side) and with ``linear="onednn"`` (packed weights, ``linear.py``;
 the repack after each update's weight change is inside its time). ``--compile`` adds a
-third pd path with the decode step compiled, forward and sampling (one compile of ~1-2 minutes first).
+third pd path with the decode step compiled, forward and sampling; each path's warm-up call,
+the compile included, is recorded as ``warmup_s``.
 
     python benchmarks/update_speed.py        # writes benchmarks/results/update-cpu.json
 """
@@ -33,8 +34,8 @@ import torch
 
 import proxdecode as pd
 from proxdecode import rl
-from proxdecode.bench import PROMPTS, SETTINGS
-from proxdecode.bench_rewards import _machine, seed_get_reward
+from proxdecode.bench import PROMPTS, SETTINGS, _machine
+from proxdecode.bench_rewards import seed_get_reward
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -125,10 +126,12 @@ def main(argv=None):
              "pd_onednn": lambda seed: pd_rollout(seed, linear="onednn"), "hf": hf_rollout}
     if args.compile:
         paths["pd_compiled"] = lambda seed: pd_rollout(seed, compile=True)
+    warmup = {}
     for name, fn in paths.items():  # warm-up; the compiled path compiles here
         t0 = time.perf_counter()
         fn(0)
-        print(f"warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+        warmup[name] = time.perf_counter() - t0
+        print(f"warm-up {name}: {warmup[name]:.1f} s", flush=True)
     rounds = []
     for r in range(args.runs):
         row = {}
@@ -167,7 +170,8 @@ def main(argv=None):
     doc = {"batch": args.batch, "new_tokens": args.new_tokens, "runs": args.runs, "settings": SETTINGS,
            "rewards": rewards.names, "machine": _machine(), "rounds": rounds, "median": med, "split": split,
            **{k: v for k, v in med.items() if k.startswith(("rollout_speedup", "update_speedup"))},
-           "reward_work_ms_per_step": work}
+           "reward_work_ms_per_step": work,
+           "warmup_s": warmup}  # one call each; pd_compiled's includes its compile (inductor's disk cache helps)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2))
     print(f"{'path':<16}{'rollout s':>11}{'reward s':>10}{'learn s':>9}")

@@ -140,7 +140,6 @@ def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "f
         engine: dict | None = None) -> dict:
     """Time both implementations at each batch size; return (and optionally write) results."""
     import proxdecode as pd
-    import transformers
 
     model, tok = pd.load_model(dtype=dtype, device=device)
     rows = []
@@ -151,11 +150,28 @@ def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "f
             row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device, engine)
         rows.append(row)
     result = {"model": pd.models.DEFAULT_MODEL, "dtype": dtype, "device": device, "pd_engine": engine or {},
-              "settings": SETTINGS, "rows": rows, "machine": platform.processor() or platform.machine(),
-              "cpus": torch.get_num_threads(), "torch": torch.__version__,
-              "transformers": transformers.__version__,
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "settings": SETTINGS, "rows": rows, **_machine()}
     if out_path:
         with open(out_path, "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def _machine() -> dict:
+    import transformers
+
+    return {"machine": platform.processor() or platform.machine(), "cpu": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpus": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and whether it multiplies bf16 natively (what decides bf16's speed)."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
+    native = [f for f in ("amx_bf16", "avx512_bf16") if f" {f}" in info]
+    return f"{name} ({', '.join(native) or 'no native bf16'})"

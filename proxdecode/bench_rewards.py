@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
 
 import torch
 
-from .bench import PROMPTS, SETTINGS, _alternating, _inputs
+from .bench import PROMPTS, SETTINGS, _alternating, _inputs, _machine
 
 TOP_CANDIDATES = 20
 
@@ -174,14 +172,6 @@ def _median_ms(fn, reps: int = 15) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
-
-
-def _machine() -> dict:
-    import transformers
-
-    return {"machine": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 # ----------------------------------------------------------------------------- steering

@@ -130,7 +130,7 @@ def cmd_bench(args):
                   f"(median of {r['runs']} alternating runs)", file=sys.stderr)
         if args.out:
             with open(args.out, "w") as f:
-                json.dump({"dtype": args.dtype, "device": args.device, "rows": rows}, f, indent=2)
+                json.dump({"dtype": args.dtype, "device": args.device, "rows": rows, **bench._machine()}, f, indent=2)
         print(json.dumps(rows))
         return
     engine = dict(_engine(args), cache_implementation=args.cache)

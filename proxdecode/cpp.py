@@ -13,7 +13,7 @@ Why build at first use rather than at install: the package stays a pure-Python w
 the extension is compiled with ``-march=native`` for the machine that runs it.
 
 The build cache: ``<cache_dir()>/ext/<name>`` where ``name`` hashes the sources and the
-headers beside them, torch's version, the compiler, the flags and, for ``-march=native``
+headers named after them, torch's version, the compiler, the flags and, for ``-march=native``
 builds, the CPU (model name and feature flags from ``/proc/cpuinfo``). A home directory shared by machines with different
 CPUs (a cluster's NFS home) therefore never loads a binary built for another CPU: each CPU
 gets its own build. If ``-march=native`` or OpenMP is refused, a generic build is tried
@@ -116,7 +116,8 @@ def _spec(kind: str) -> tuple[list[str], list[tuple[str, dict, str]]]:
 
 def _build_name(kind: str, label: str, kwargs: dict, extra: str, sources: list[Path]) -> str:
     h = hashlib.sha256()
-    headers = sorted(_source_dir().glob("*.h"))  # what the sources include, so an edit rebuilds
+    # the headers a source includes are named after it (sample_step_cpu_*.h): an edit rebuilds
+    headers = sorted(h for src in sources for h in src.parent.glob(f"{src.stem}_*.h"))
     for src in list(sources) + headers:
         h.update(src.name.encode())
         h.update(src.read_bytes())

@@ -108,7 +108,7 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
         _put(buf.comps, 2, t, run.record(tok, buf.alive, logits))  # [F, B]
     if buf.seen is not None:
         buf.seen.scatter_(1, tok[:, None], True)
-    buf.alive &= ~torch.isin(tok, buf.eos)
+    buf.alive &= ~(tok[:, None] == buf.eos).any(1)  # [B, E]; torch.isin sorts (and syncs) for many ids
     return tok, so.scores
 
 

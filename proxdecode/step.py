@@ -32,6 +32,7 @@ there, and this torch function otherwise; it is always the fallback and the orac
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -53,8 +54,10 @@ class StepOutput:
 def _per_row(x, batch: int, device) -> torch.Tensor:
     """A scalar or ``[B]`` parameter as a float32 ``[B, 1]`` column (a Python number is a fill
     on the device, not a copy from the host)."""
-    if not isinstance(x, torch.Tensor):
+    if isinstance(x, numbers.Real):
         return torch.full((batch, 1), float(x), dtype=torch.float32, device=device)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"temperature, top_p and min_p take a Python number or a [B] tensor, got {type(x).__name__}")
     t = x.to(device=device, dtype=torch.float32)
     return t.expand(batch).reshape(batch, 1) if t.ndim == 0 else t.reshape(batch, 1)
 

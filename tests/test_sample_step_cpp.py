@@ -317,6 +317,8 @@ def test_each_build_variant_keeps_its_own_flags(cpp, monkeypatch, tmp_path):
 
     from proxdecode import models
 
+    monkeypatch.setattr(cpp, "_OMP", list(cpp._OMP))  # a regression must not leak into later tests
+    monkeypatch.setattr(cpp, "_BASE_FLAGS", list(cpp._BASE_FLAGS))
     clean = cpp._spec("cpu")
     seen = []
 
