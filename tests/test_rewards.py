@@ -167,6 +167,66 @@ def test_token_table_family_is_folded_and_recorded(tiny):
     assert steered.reward_components["exclaim"].sum() > plain.reward_components["exclaim"].sum()
 
 
+def test_steering_sum_and_recorded_rewards_over_a_padded_vocabulary(tiny):
+    """The steering sum is the weighted sum of each family's scores, the folded tables
+    included, and each recorded reward is its family's weighted score of the chosen token;
+    with a model wider than the tokenizer a padding row may be chosen, and the text families
+    score it 0 (EndsWith's tables once stopped at the tokenizer's size: an IndexError)."""
+    from proxdecode.rewards import Sentiment
+
+    _, tok = tiny
+    fams = [Exclaim(weight=0.5), EndsWith(".", weight=-2.0), Sentiment(weight=3.0), Fluency(weight=0.1)]
+    rewards = pd.Rewards(tok, fams)
+    V, B = len(tok) + 64, 3
+    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(0))
+    run = rewards.start(V, B, "cpu", max_new_tokens=4)
+    for step, tokens in enumerate([[13, 30, 5], [V - 1, 256, 13]]):  # a padding row in the second
+        tokens = torch.tensor(tokens)
+        total = run.score(logits)  # [B, V]
+        parts = [s * f.weight for f, s in zip(rewards.families[1:], (f.score(st, logits) for f, st in
+                                                                      zip(rewards.families[1:], run.states)))]
+        want = rewards.families[0].table().float() * 0.5
+        want = torch.nn.functional.pad(want, (0, V - want.numel())).expand(B, -1)
+        for p in parts:
+            want = want + torch.nn.functional.pad(p, (0, V - p.shape[1]))
+        torch.testing.assert_close(total, want, atol=1e-6, rtol=1e-6)
+        got = run.record(tokens, torch.ones(B, dtype=torch.bool))  # [F, B]
+        assert torch.equal(got, want.new_tensor([[0.5 * ("!" in tok.decode([t])) if t < len(tok) else 0.0
+                                                  for t in tokens.tolist()]] + [
+            (torch.nn.functional.pad(p, (0, V - p.shape[1])).gather(1, tokens[:, None])[:, 0]).tolist()
+            for p in parts])), f"step {step}"
+        if step == 1:  # the text families give a padding row 0; Fluency its log-prob
+            assert (got[:3, 0] == 0).all() and got[3, 0] == 0.1 * torch.log_softmax(logits[0], 0)[V - 1]
+
+
+PADDED_FAMILIES = {
+    "ends_with": lambda m: EndsWith("."), "keywords": lambda m: Keywords(["apple", "orange"]),
+    "keywords_gated": lambda m: Keywords(["apple"], only_if_ends_with="."),
+    "repetition": lambda m: pd.rewards.Repetition(), "repetition_2": lambda m: pd.rewards.Repetition(n=2),
+    "length": lambda m: pd.rewards.Length(max_tokens=2), "words": lambda m: pd.rewards.WordList(["the"]),
+    "capitalization": lambda m: pd.rewards.Capitalization(), "sentiment": lambda m: pd.rewards.Sentiment(),
+    "topic": lambda m: pd.rewards.Topic(["food"], model=m), "fluency": lambda m: Fluency(),
+    "overlap": lambda m: pd.rewards.Overlap("the cat sat", n=2)}
+
+
+@pytest.mark.parametrize("steering", [True, False], ids=["score", "chosen"])
+@pytest.mark.parametrize("family", list(PADDED_FAMILIES))
+def test_every_family_takes_a_padding_row(tiny, family, steering):
+    """A model may have up to 256 logits more than its tokenizer has tokens, and sampling may
+    pick one: each family scores the full width and records such a token, on both paths
+    (scoring every candidate, or the chosen token only), with finite rewards."""
+    model, tok = tiny
+    rewards = pd.Rewards(tok, [PADDED_FAMILIES[family](model)])
+    V, B = len(tok) + 64, 3
+    run = rewards.start(V, B, "cpu", None, torch.randint(0, 1000, (B, 3)), torch.ones(B, 3, dtype=torch.long), 4)
+    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(1))
+    for tokens in ([13, 30, 5], [V - 1, 256, 13], [V - 2, V - 1, 13]):
+        if steering:
+            assert run.score(logits).shape == (B, V)
+        got = run.record(torch.tensor(tokens), torch.ones(B, dtype=torch.bool), None if steering else logits)
+        assert got.shape == (1, B) and torch.isfinite(got).all()
+
+
 def seed_get_reward(text):  # the seed's section 5.1 rule, verbatim
     if not text.endswith('.'):
         return -1

@@ -212,15 +212,17 @@ class RewardRun:
         """``[B, V]`` weighted reward of every candidate token this step (steering needs it;
         without steering the engine skips it and ``record`` takes the families' ``chosen``
         path)."""
-        total = self.b.table.expand(logits.shape[0], -1) if self.b.table is not None else 0.0
+        B = logits.shape[0]
+        # one [B, V] buffer summed into in place: a new [B, V] tensor per family and term is
+        # allocator churn that costs more than the sums (on CPU, page faults when malloc
+        # hands such blocks back to the OS between steps)
+        total = self.b.table.expand(B, -1).clone() if self.b.table is not None \
+            else torch.zeros(B, self.vocab, device=logits.device)
         self._dense = []
         for (_, f), st in zip(self.b.live, self.states):
-            d = f.score(st, logits) * f.weight  # [B, V']
-            d = torch.nn.functional.pad(d, (0, self.vocab - d.shape[1]))
+            d = f.score(st, logits)  # [B, V'], V' <= V (the tokenizer's ids), unweighted
             self._dense.append(d)
-            total = total + d
-        if isinstance(total, float):
-            return torch.zeros_like(logits, dtype=torch.float32)
+            total[:, : d.shape[1]].add_(d, alpha=f.weight)
         return total
 
     def record(self, tokens: torch.Tensor, alive: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
@@ -236,7 +238,11 @@ class RewardRun:
             raise ValueError("RewardRun.record: pass this step's logits when score() did not run")
         for j, ((i, f), st) in enumerate(zip(self.b.live, self.states)):
             if dense:
-                out[i] = dense[j].gather(1, tokens[:, None])[:, 0]
+                d = dense[j]  # [B, V']
+                v = d.gather(1, tokens.clamp(max=d.shape[1] - 1)[:, None])[:, 0]
+                if d.shape[1] < self.vocab:  # a padding row of the model's vocabulary scores 0
+                    v = torch.where(tokens < d.shape[1], v, 0.0)
+                out[i] = v * f.weight
                 f.update(st, tokens, alive)
             else:
                 out[i] = f.chosen(st, tokens, alive, logits) * f.weight

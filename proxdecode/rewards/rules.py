@@ -19,6 +19,12 @@ import torch
 from .base import Reward, token_strings
 
 
+def _widen(tab: torch.Tensor, vocab: int) -> torch.Tensor:
+    """A ``[V_tok]`` bool table over the model's ``vocab`` logits: its padding rows (up to 256
+    beyond the tokenizer) neither end the text nor add to it."""
+    return torch.nn.functional.pad(tab, (0, vocab - tab.numel()), value=False)
+
+
 class EndsWith(Reward):
     """-weight unless the completion ends with ``suffix`` (the seed's rule), shaped per step.
 
@@ -46,7 +52,8 @@ class EndsWith(Reward):
 
     def init(self, ctx):
         return {"ends": torch.zeros(ctx.batch, dtype=torch.bool, device=ctx.device),
-                "ends_tab": self._ends.to(ctx.device), "text_tab": self._text.to(ctx.device)}
+                "ends_tab": _widen(self._ends, ctx.vocab).to(ctx.device),
+                "text_tab": _widen(self._text, ctx.vocab).to(ctx.device)}
 
     def score(self, st, logits):
         ends = st["ends_tab"].float()[None, :]  # [1, V]
