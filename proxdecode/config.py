@@ -200,9 +200,9 @@ def _decide_compile(model, gc, cache_impl, compile) -> bool:
     ``compile=None`` decides as HF's ``generate`` does (``_valid_auto_compile_criteria``): a
     static cache asked for by name, ``disable_compile`` unset, a CUDA/XPU/Neuron/TPU model or
     a ``compile_config`` with ``_compile_all_devices``, and no quantiser that cannot compile
-    or CPU/disk offload. ``True`` compiles on any device (on this project's CPU: ~1.0-1.2x a
-    rollout of the default model at batch 8 over eager, after a first compile of ~75 s per
-    ``(batch, prompt length, max_new_tokens)``; see README).
+    or CPU/disk offload. ``True`` compiles on any device (on this project's CPU a modest gain
+    over eager for the default model, after one compile per ``(batch, prompt length,
+    max_new_tokens)``; ``make bench-update`` measures both, see README).
     """
     if compile is not None and not isinstance(compile, bool):
         raise TypeError(f"compile must be True, False or None (HF's rule), got {compile!r}")

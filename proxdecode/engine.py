@@ -180,8 +180,9 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
             no static cache. True compiles on any device; it needs the static cache.
             One compile per ``(batch, prompt length, max_new_tokens)`` and settings, then cached.
         linear: the model's linear layers: ``"torch"`` (``F.linear``, HF's exact logits) or
-            ``"onednn"`` (CPU: weights packed for oneDNN at the start of the call, 1.5-1.9x
-            on the default model's matmuls at batch 8, ~0.4-0.5 s of packing per call; logits differ by fp32 rounding; see
+            ``"onednn"`` (CPU: weights packed for oneDNN at the start of the call, a
+            second copy of them for its length; faster matmuls at a few rows, ``make
+            bench-linear`` measures by how much; logits differ by fp32 rounding; see
             ``linear.py``). Reference models of rewards follow it; ``compile`` they do not.
         **generate_kwargs: HF's generate arguments (see ``config.SUPPORTED_ARGS``).
 

@@ -2,19 +2,21 @@
 
 Why: a decode step multiplies a few rows (one per sequence) by every weight matrix of the
 model, so it should run as fast as the weights stream from memory. ``F.linear`` on x86
-calls MKL's sgemm, which for so few rows reaches 2-6 GB/s on this project's 2-core AMD
-EPYC, of the 11-25 GB/s the machine reads the same weights at; oneDNN, with each weight
-reordered once into its blocked layout, reaches 3-13 GB/s (``make bench-linear``): over
-the default model's 211 layers, 1.5-1.9x at 8 rows (2.5-3.3x on the 49,152-row LM head,
-~1.1-1.6x on the small attention projections), and the matmuls are most of a decode step. vLLM's CPU
-backend makes the same choice for unquantised linear layers (oneDNN GEMM, prepacked).
+calls MKL's sgemm, which for so few rows reaches a fraction of the speed the machine reads
+the same weights at; oneDNN, with each weight reordered once into its blocked layout, gets
+closer, most on the big matrices (the 49,152-row LM head, the MLP) and least on the small
+attention projections. ``make bench-linear`` measures both per layer shape against a plain
+read of the weights (the README's table: 2.1x over the default model's 211 layers at 8
+rows), and the matmuls are most of a decode step. vLLM's CPU backend makes the same choice
+for unquantised linear layers (oneDNN GEMM, prepacked).
 
 Costs, and why this is opt-in (``pd.generate(..., linear="onednn")``):
 - the packed copies are a second copy of every linear weight (~540 MB for the 135M default
-  model in fp32) and take ~0.4-0.5 s to make (``make bench-linear``). They are made at the start of each ``generate``
-  call and dropped at its end: nothing outlives the call, and nothing can go stale when
-  the weights change between calls (an optimiser step, ``param.data`` writes of an EMA or
-  an adapter merge, none of which a cache could reliably see);
+  model in fp32) and take time to make (``make bench-linear`` reports it: 0.1-0.3 s in the
+  README's run). They are made at the start of each ``generate`` call and dropped at its
+  end: nothing outlives the call, and nothing can go stale when the weights change between
+  calls (an optimiser step, ``param.data`` writes of an EMA or an adapter merge, none of
+  which a cache could reliably see);
 - oneDNN sums in another order than MKL: logits differ by fp32 rounding, so greedy tokens
   can differ from HF's where two candidates nearly tie. The default (``"torch"``) keeps
   ``F.linear`` and HF's exact tokens.
