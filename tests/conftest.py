@@ -107,8 +107,8 @@ def _syncs(func, args, kwargs) -> str | None:
 
 @contextlib.contextmanager
 def _record_host_syncs(found: list):
-    """Within the block, append (what, calling line) for each op or Tensor method that would
-    sync an accelerator."""
+    """Within the block, append ``"<what> at <calling line>"`` to ``found`` for each op or
+    Tensor method that would sync an accelerator."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class HostSyncs(TorchDispatchMode):
