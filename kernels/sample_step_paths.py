@@ -108,6 +108,35 @@ def _kth_lower_bound(x, k, hi0, NTL: tl.constexpr, ROUNDS: tl.constexpr):
     return tl.where(n >= k, lo, float("-inf"))
 
 
+@triton.jit
+def _steer_and_pick(v, ids, keep, reward_row, steer, seed, step, dense_row, V, REWARD: tl.constexpr,
+                    DO_SAMPLE: tl.constexpr, DENSE: tl.constexpr, LIBDEVICE: tl.constexpr):
+    """Steering and the pick over candidates ``ids`` with scores ``v``, kept where ``keep``
+    (both paths end here: the tile's compacted list, or one chunk of the row).
+
+    Returns the steered scores (``v + steer * R`` where kept, -inf elsewhere; stored to the
+    dense row when ``DENSE``), the best key (Gumbel-perturbed with ``u = philox(seed, step,
+    id)``, or the score itself when greedy), the lowest id holding it (``V`` if none) and its
+    steered score.
+    """
+    score = v
+    if REWARD:
+        r = tl.load(reward_row + ids, mask=keep, other=0.0)
+        score = v + steer * r
+    score = tl.where(keep, score, float("-inf"))
+    if DO_SAMPLE:
+        u = tl.rand(seed, ids.to(tl.int64) + (step.to(tl.int64) << 32))
+        key = tl.where(keep, score - _log(-_log(u, LIBDEVICE), LIBDEVICE), float("-inf"))
+    else:
+        key = score
+    best = tl.max(key, 0)
+    tok = tl.min(tl.where(keep & (key == best), ids, V), 0)
+    score_tok = tl.max(tl.where(ids == tok, score, float("-inf")), 0)
+    if DENSE:
+        tl.store(dense_row + ids, score, mask=keep)
+    return score, best, tok, score_tok
+
+
 # ----------------------------------------------------------------------------- tile path
 @triton.jit
 def _tile_pick(sv_row, si_row, c, k, m_s, top_p, log_min_p, reward_row, steer, seed, step,
@@ -142,23 +171,10 @@ def _tile_pick(sv_row, si_row, c, k, m_s, top_p, log_min_p, reward_row, steer, s
         keep = keep & (mass_above < limit)
     if MINP:
         keep = keep & (v >= m_s + log_min_p)
-    score = v
-    if REWARD:
-        r = tl.load(reward_row + ids, mask=keep, other=0.0)
-        score = v + steer * r
-    score = tl.where(keep, score, float("-inf"))  # [CAP]
+    score, _best, tok, score_tok = _steer_and_pick(v, ids, keep, reward_row, steer, seed, step, dense_row, V,
+                                                   REWARD, DO_SAMPLE, DENSE, LIBDEVICE)  # [CAP], scalars
     top = tl.max(score, 0)
     lse = top + tl.log(tl.sum(tl.where(keep, tl.exp(score - top), 0.0), 0))
-    if DO_SAMPLE:
-        u = tl.rand(seed, ids.to(tl.int64) + (step.to(tl.int64) << 32))
-        key = tl.where(keep, score - _log(-_log(u, LIBDEVICE), LIBDEVICE), float("-inf"))
-    else:
-        key = score
-    best = tl.max(key, 0)
-    tok = tl.min(tl.where(keep & (key == best), ids, V), 0)
-    score_tok = tl.max(tl.where(ids == tok, score, float("-inf")), 0)
-    if DENSE:
-        tl.store(dense_row + ids, score, mask=keep)
     return tok, score_tok, lse
 
 
@@ -288,24 +304,11 @@ def _general_pick(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s,
             cand = cand & (s > lo_p)
         if MINP:
             cand = cand & (s >= m_s + log_min_p)
-        score = s
-        if REWARD:
-            r = tl.load(reward_row + offs, mask=cand, other=0.0)
-            score = s + steer * r
-        score = tl.where(cand, score, float("-inf"))  # [BLOCK]
+        score, c_best, c_id, c_score = _steer_and_pick(s, offs, cand, reward_row, steer, seed, step, dense_row,
+                                                       V, REWARD, DO_SAMPLE, DENSE, LIBDEVICE)  # [BLOCK], scalars
         lane_m, lane_acc = _lse_add(lane_m, lane_acc, score)
-        if DO_SAMPLE:
-            u = tl.rand(seed, offs.to(tl.int64) + (step.to(tl.int64) << 32))
-            key = tl.where(cand, score - _log(-_log(u, LIBDEVICE), LIBDEVICE), float("-inf"))
-        else:
-            key = score
-        c_best = tl.max(key, 0)
-        c_id = tl.min(tl.where(cand & (key == c_best), offs, V), 0)
-        c_score = tl.max(tl.where(offs == c_id, score, float("-inf")), 0)
         take = c_best > best  # strict: an earlier chunk (lower ids) wins a tie
         best = tl.where(take, c_best, best)
         best_id = tl.where(take, c_id, best_id)
         best_score = tl.where(take, c_score, best_score)
-        if DENSE:
-            tl.store(dense_row + offs, score, mask=cand)
     return best_id, best_score, _lse_finish(lane_m, lane_acc)
