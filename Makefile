@@ -3,7 +3,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-step bench-linear bench-rewards bench-steering bench-update bench-learning
+.PHONY: setup demo test bench bench-step bench-linear bench-rewards bench-steering bench-update bench-learning gpu-wheels
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -49,3 +49,9 @@ bench-update: setup
 
 bench-learning: setup
 	$(PY) benchmarks/learning.py --out benchmarks/results/learning-cpu
+
+# textblob and nltk as wheels for the GPU machine, which has no network (benchmarks/gpu.sh)
+gpu-wheels: setup
+	rm -rf .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl \
+		$$($(PY) -c "from importlib.metadata import version as v; print(*(f'{n}=={v(n)}' for n in ('textblob', 'nltk')))")

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from .bench import PROMPTS, SETTINGS, _alternating, _inputs, _machine
+from .bench import PROMPTS, SETTINGS, _alternating, _inputs, _machine, _sync
 
 TOP_CANDIDATES = 20
 
@@ -68,12 +68,15 @@ def full_stack(tok):
 
 
 def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: float = 2.0,
-                  engine: dict | None = None) -> dict:
-    """``engine``: pd.generate's own options (backend, linear, compile) for both pd rows."""
+                  engine: dict | None = None, model=None, tok=None) -> dict:
+    """``engine``: pd.generate's own options (backend, linear, compile) for both pd rows;
+    ``model``/``tok``: the default model when None (``benchmarks/gpu.py`` passes a
+    random-weight one)."""
     import proxdecode as pd
     from transformers import LogitsProcessorList
 
-    model, tok = pd.load_model()
+    if model is None:
+        model, tok = pd.load_model()
     device = model.device
     enc = _inputs(tok, batch, device)
     P = enc["input_ids"].shape[1]
@@ -111,7 +114,8 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
         r = run.score(logits)
         run.record(r.argmax(-1), torch.ones(batch, dtype=torch.bool))
 
-    reward_ms = {"pd_rewards": _median_ms(ours), "seed_style": _median_ms(lambda: proc(history, logits))}
+    reward_ms = {"pd_rewards": _median_ms(ours, device=device),
+                 "seed_style": _median_ms(lambda: proc(history, logits), device=device)}
     step_ms = step_after_forward_ms(model, rewards, enc, steer, new_tokens, logits)
     return {
         "batch": batch, "new_tokens": new_tokens, "runs": runs, "steer": steer, "settings": SETTINGS,
@@ -153,7 +157,7 @@ def step_after_forward_ms(model, rewards, enc, steer: float, new_tokens: int, lo
             buf.alive.fill_(True)
             sample(step_fn, cfg, run, buf, logits, t_dev.fill_(t) if tensor_step else t, False)
         with torch.inference_mode():
-            return _median_ms(one, reps=31)
+            return _median_ms(one, reps=31, device=logits.device)
 
     out = {"eager": timed(engine.sample_one, select_step("auto", logits.device), False)}
     if shutil.which("g++") is not None:
@@ -164,12 +168,16 @@ def step_after_forward_ms(model, rewards, enc, steer: float, new_tokens: int, lo
     return out
 
 
-def _median_ms(fn, reps: int = 15) -> float:
+def _median_ms(fn, reps: int = 15, device=None) -> float:
+    """Median wall-clock ms of ``fn()``, the device synchronised around each call."""
+    device = torch.device(device or "cpu")
     fn()
     times = []
     for _ in range(reps):
+        _sync(device)
         t0 = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
 

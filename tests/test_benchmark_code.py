@@ -1,0 +1,60 @@
+"""The benchmarks' own code: the seed-style baseline does what the README says it does, and
+the one-shot GPU script still runs (its ``--smoke`` mode, on CPU), since no GPU is here to
+catch it breaking."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from textblob import TextBlob
+
+from proxdecode.bench_rewards import TOP_CANDIDATES, seed_get_reward, seed_style_processor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_seed_style_processor_scores_the_top_20_texts_with_textblob_and_the_seed_rule(tiny):
+    _, tok = tiny
+    prompt = tok(["I like to eat", "Today is a nice"], return_tensors="pt", padding=True)["input_ids"]
+    history = torch.cat([prompt, tok(["apple and", "day."], return_tensors="pt", padding=True)["input_ids"]], 1)
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 1000, generator=g) * 3  # [B, V]: the candidates are ids < 1000
+    beta = 1.5
+    out = seed_style_processor(tok, prompt.shape[1], beta)(history, scores.clone())
+
+    for b in range(2):  # the oracle: a plain loop over the row's 20 best ids
+        top = sorted(range(1000), key=lambda i: -float(scores[b, i]))[:TOP_CANDIDATES]
+        kept = torch.isfinite(out[b]).nonzero()[:, 0].tolist()
+        assert sorted(kept) == sorted(top)
+        for i in top:
+            text = tok.decode(history[b, prompt.shape[1]:].tolist() + [i], skip_special_tokens=True)
+            want = float(scores[b, i]) + beta * (TextBlob(text).sentiment.polarity + seed_get_reward(text))
+            assert abs(float(out[b, i]) - want) < 1e-5, (b, i, text)
+
+
+def test_seed_rule_is_the_write_ups():
+    assert seed_get_reward("I like apple and orange.") == 1
+    assert seed_get_reward("I like apple.") == 0
+    assert seed_get_reward("I like apple and orange") == -1
+
+
+def test_gpu_script_smoke_runs_every_section_without_an_error(tmp_path):
+    """``benchmarks/gpu.sh --smoke``: the same code paths as the H200 run, in Triton's
+    interpreter at tiny shapes. Every record is a result (no error), the Triton step matches
+    the reference, and the rewards section measured all three rows in both engines."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), "--smoke", "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = {k: json.loads((tmp_path / f"gpu-{k}-smoke.json").read_text()) for k in ("step", "rewards", "e2e")}
+    records = [r for f in files.values() for sec, rs in f.items() if isinstance(rs, list) for r in rs]
+    assert not [r for r in records if "error" in r or "skipped" in r]
+    checks = [r for r in files["step"]["check"] if "tokens_identical" in r]
+    assert len(checks) >= 8 and all(r["tokens_identical"] == r["rows"] for r in checks)
+    rows = [r for r in files["rewards"]["rewards"] if "tok_s" in r]
+    assert [r["pd_engine"] for r in rows] == [{"compile": True}, {"backend": "triton"}]
+    assert all(set(r["tok_s"]) == {"pd", "pd_rewards", "seed_style"} for r in rows)
+    assert {r["B"] for r in files["e2e"]["e2e"] if "tokens_per_s" in r} == {1, 2}
