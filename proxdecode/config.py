@@ -38,7 +38,16 @@ _INACTIVE_WHEN = {
     "output_attentions": (None, False), "output_hidden_states": (None, False),
     "renormalize_logits": (None, False), "remove_invalid_values": (None, False),
     "watermarking_config": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
-    "encoder_repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0), "encoder_no_repeat_ngram_size": (None, 0),
+    "diversity_penalty": (None, 0.0), "constraints": (None,), "force_words_ids": (None,),
+    "token_healing": (None, False), "use_mtp": (None, False), "prefill_chunk_size": (None,),
+}
+# ``generate``'s own parameters beside the GenerationConfig fields, accepted at their inert
+# values (what HF's callers pass explicitly) and refused otherwise.
+_INERT_CALL_ARGS = {
+    "logits_processor": (None, []), "stopping_criteria": (None, []), "prefix_allowed_tokens_fn": (None,),
+    "synced_gpus": (None, False), "assistant_model": (None,), "assistant_tokenizer": (None,),
+    "negative_prompt_ids": (None,), "negative_prompt_attention_mask": (None,), "custom_generate": (None,),
 }
 # ``use_cache`` is accepted either way: the engine always decodes with the cache it owns, and
 # HF's outputs do not depend on it (trainers such as TRL set it False for gradient
@@ -96,27 +105,41 @@ class DecodeConfig:
                 kwargs: dict[str, Any], backend: str = "auto", compile=None,
                 linear: str = "torch") -> "DecodeConfig":
         """Check the inputs and merge the generation arguments as HF's ``generate`` does."""
-        unknown = sorted(set(kwargs) - SUPPORTED_ARGS)
+        unknown = sorted(set(kwargs) - SUPPORTED_ARGS - set(_INACTIVE_WHEN) - set(_INERT_CALL_ARGS))
         if unknown:
             raise TypeError(f"pd.generate: unsupported generate argument(s) {unknown}; "
                             f"supported: {sorted(SUPPORTED_ARGS)}")
+        for name, inert in _INERT_CALL_ARGS.items():
+            if name in kwargs and not _is_inert(kwargs[name], inert):
+                raise ValueError(f"pd.generate: {name}={kwargs[name]!r} is not supported "
+                                 f"(allowed: {' or '.join(map(repr, inert))})")
         _check_inputs(input_ids, attention_mask)
+        passed_gc = kwargs.get("generation_config")
         hf_kwargs = {k: v for k, v in kwargs.items()
-                     if k not in ("generation_config", "streamer", "tokenizer")}
-        gc, _ = model._prepare_generation_config(kwargs.get("generation_config"), **hf_kwargs)
+                     if k not in ("generation_config", "streamer", "tokenizer") and k not in _INERT_CALL_ARGS}
+        gc, _ = model._prepare_generation_config(passed_gc, **hf_kwargs)
         for name, inactive in _INACTIVE_WHEN.items():
             value = getattr(gc, name, None)
-            if not any(value is v or value == v for v in inactive):
+            if not _is_inert(value, inactive):
                 raise ValueError(f"pd.generate: {name}={value!r} is not supported "
                                  f"(allowed: {' or '.join(map(repr, inactive))})")
 
         prompt_len = input_ids.shape[1]
         max_new = gc.max_new_tokens
+        # HF: a max_length nobody set (call, generation_config, the model's) means 20 *new*
+        # tokens, capped at max_position_embeddings; one somebody set counts the prompt in
+        default_length = kwargs.get("max_length") is None and getattr(passed_gc, "max_length", None) is None \
+            and model.generation_config.max_length is None
         if max_new is None:
-            if gc.max_length is None or gc.max_length <= prompt_len:
-                raise ValueError(f"max_length={gc.max_length} must exceed the prompt length "
+            max_length = gc.max_length
+            if default_length and max_length is not None:
+                max_length += prompt_len
+                limit = getattr(model.config, "max_position_embeddings", None)
+                max_length = max_length if limit is None else min(max_length, limit)
+            if max_length is None or max_length <= prompt_len:
+                raise ValueError(f"max_length={max_length} must exceed the prompt length "
                                  f"{prompt_len}; or pass max_new_tokens")
-            max_new = gc.max_length - prompt_len
+            max_new = max_length - prompt_len
         _check_int("max_new_tokens", max_new, 0)
         min_new = gc.min_new_tokens or 0
         _check_int("min_new_tokens", min_new, 0)
@@ -137,6 +160,11 @@ class DecodeConfig:
         rp = 1.0 if gc.repetition_penalty is None else gc.repetition_penalty
         if not isinstance(rp, (int, float)) or not (rp > 0) or not math.isfinite(rp):
             raise ValueError(f"repetition_penalty must be a finite number > 0, got {rp!r}")
+        if not do_sample and steer == 0.0:
+            # HF applies no warper in greedy mode (its config check logs that these flags "may
+            # be ignored"): the argmax, the scores and the log-probs are of the processed
+            # logits. With steering they stay: they choose the candidates the argmax reweights.
+            temperature, top_k, top_p, min_p = 1.0, 0, 1.0, 0.0
         n_ret = gc.num_return_sequences or 1
         _check_int("num_return_sequences", n_ret, 1)
 
@@ -147,7 +175,7 @@ class DecodeConfig:
             if not eos_ids:
                 raise ValueError("pad_token_id is unset and there is no eos_token_id to pad with")
             pad = eos_ids[0]
-        stop_strings = kwargs.get("stop_strings")
+        stop_strings = gc.stop_strings
         stop_strings = () if stop_strings is None else (
             (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings))
         if stop_strings and kwargs.get("tokenizer") is None:
@@ -221,6 +249,19 @@ def _decide_compile(model, gc, cache_impl, compile) -> bool:
     devices = set(getattr(model, "hf_device_map", {}).values())
     offloaded = "disk" in devices or ("cpu" in devices and len(devices) > 1)
     return hardware and (quantizer is None or quantizer.is_compileable) and not offloaded
+
+
+def _is_inert(value, inert: tuple) -> bool:
+    """``value`` is one of ``inert``: the same object, an equal number or bool, or an empty
+    list for ``[]`` (a ``LogitsProcessorList()`` too); never an elementwise tensor compare."""
+    for v in inert:
+        if value is v:
+            return True
+        if isinstance(v, list) and isinstance(value, list) and not value:
+            return True
+        if isinstance(v, (bool, int, float)) and isinstance(value, (bool, int, float)) and value == v:
+            return True
+    return False
 
 
 def _check_int(name: str, value, low: int) -> None:

@@ -152,6 +152,29 @@ def _compiled_sample_one(model, compile_config, required: bool):
     return sample
 
 
+def _hf_inputs(model, input_ids, attention_mask, kwargs: dict):
+    """HF's ways to give the prompt: ``inputs=``, ``generate(ids, generation_config)``, and
+    none at all (one row of ``bos_token_id``). Moves ``generation_config`` into ``kwargs``."""
+    from transformers import GenerationConfig
+
+    if "inputs" in kwargs:
+        if input_ids is not None:
+            raise TypeError("pd.generate: got both input_ids and inputs (HF's name for the same); pass one")
+        input_ids = kwargs.pop("inputs")
+    if isinstance(attention_mask, GenerationConfig):
+        if kwargs.get("generation_config") is not None:
+            raise TypeError("pd.generate: generation_config given twice (positionally and by keyword)")
+        kwargs["generation_config"], attention_mask = attention_mask, None
+    if input_ids is None:
+        gc = kwargs.get("generation_config")
+        choices = (kwargs.get("bos_token_id"), getattr(gc, "bos_token_id", None), model.generation_config.bos_token_id)
+        bos = next((b for b in choices if b is not None), None)
+        if bos is None:
+            raise ValueError("pd.generate: no input_ids and no bos_token_id to start from")
+        input_ids = torch.full((1, 1), int(bos), dtype=torch.long, device=model.device)
+    return input_ids, attention_mask
+
+
 @torch.inference_mode()
 def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer: float = 0.0,
              gamma: float = 1.0, seed=None, backend: str = "auto", compile: bool | None = None,
@@ -160,8 +183,11 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
 
     Args:
         model: a HF causal LM.
-        input_ids: ``[B, P]`` int64 prompts, left-padded.
-        attention_mask: ``[B, P]``, 0 on padding; inferred as HF does when None.
+        input_ids: ``[B, P]`` int64 prompts, left-padded (HF's ``inputs=`` also works).
+            None starts one row from ``bos_token_id``, as HF does.
+        attention_mask: ``[B, P]``, 0 on padding; inferred as HF does when None. A
+            ``GenerationConfig`` in this place is HF's second positional argument and is
+            taken as ``generation_config``.
         rewards: a ``pd.Rewards`` set, or None.
         steer: beta; sampling is from ``softmax(z / T + beta * R)`` inside the LM's
             top-k / top-p / min-p candidate set. 0 is plain HF sampling.
@@ -190,6 +216,7 @@ def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer:
         ``[B * num_return_sequences, P + T]`` int64, as HF; or a ``Rollout`` when
         ``rewards`` is given or ``return_dict_in_generate=True``.
     """
+    input_ids, attention_mask = _hf_inputs(model, input_ids, attention_mask, generate_kwargs)
     cfg = DecodeConfig.resolve(model, input_ids, attention_mask, steer=steer, gamma=gamma,
                                seed=seed, rewards=rewards, kwargs=generate_kwargs,
                                backend=backend, compile=compile, linear=linear)

@@ -1,8 +1,11 @@
 """``Rollout``: what ``pd.generate`` returns when asked for more than token ids.
 
-It is a HF ``ModelOutput``, so code written for ``GenerateDecoderOnlyOutput`` keeps
-working (``out.sequences``, ``out.scores``, ``out["sequences"]``), and it carries what an
-on-policy trainer needs per generated token, aligned on ``[B, T]``.
+It subclasses HF's ``GenerateDecoderOnlyOutput``, what ``model.generate`` returns with
+``return_dict_in_generate=True``, so code written for that keeps working (``isinstance``,
+``out.sequences``, ``out.scores``, ``out["sequences"]``; ``logits``, ``attentions``,
+``hidden_states`` and the cache stay None: asking for the first three raises in
+``generate``, and the engine keeps its cache), and it carries what an on-policy trainer needs per generated
+token, aligned on ``[B, T]``.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers.utils import ModelOutput
+from transformers.generation import GenerateDecoderOnlyOutput
 
 
 @dataclass
-class Rollout(ModelOutput):
+class Rollout(GenerateDecoderOnlyOutput):
     """Per-token results of one ``generate`` call (``B`` rows, ``T`` new tokens).
 
     Attributes:
@@ -22,7 +25,8 @@ class Rollout(ModelOutput):
         tokens: ``[B, T]`` int64, the new tokens.
         mask: ``[B, T]`` bool, True up to and including each row's EOS.
         logprobs: ``[B, T]`` float32, log-prob of each token under the distribution it was
-            drawn from (filtered, steered); the behaviour policy.
+            drawn from (filtered, steered); the behaviour policy. Greedy without steering:
+            under the softmax of the processed logits (HF's scores; no warper applies).
         policy_logprobs: ``[B, T]`` float32, log-prob under the unmodified model at temperature 1.
         rewards: ``[B, T]`` float32, proximal reward of each chosen token, terminal rewards
             on each row's last valid step; 0 where ``mask`` is False.

@@ -1,0 +1,89 @@
+"""The drop-in contract at its edges, HF's own ``generate`` the oracle: the ways HF takes a
+prompt and a config, its default length, greedy scores, stop strings set in a config, and
+the inert values of arguments this engine does not implement."""
+
+import pytest
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+from transformers.generation import GenerateDecoderOnlyOutput
+
+import proxdecode as pd
+
+
+@pytest.fixture(scope="module")
+def enc(tiny):
+    _, tok = tiny
+    return tok(["I like to eat", "Today is a very nice day and"], return_tensors="pt", padding=True)
+
+
+def _same(a, b):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert torch.equal(a, b), (a, b)
+
+
+def test_no_length_given_means_20_new_tokens_as_in_hf(tiny, enc):
+    model, tok = tiny
+    _same(pd.generate(model, **enc), model.generate(**enc))
+    long = tok(["word " * 30], return_tensors="pt")  # a prompt longer than 20 tokens
+    _same(pd.generate(model, **long), model.generate(**long))
+
+
+def test_a_max_length_somebody_set_counts_the_prompt(tiny, enc):
+    model, _ = tiny
+    gc = GenerationConfig(max_length=12)
+    _same(pd.generate(model, **enc, generation_config=gc), model.generate(**enc, generation_config=gc))
+
+
+def test_hf_ways_to_pass_prompt_and_config(tiny, enc):
+    model, _ = tiny
+    ids = enc["input_ids"][1:]
+    gc = GenerationConfig(max_new_tokens=6)
+    _same(pd.generate(model, ids, gc), model.generate(ids, gc))  # generate(inputs, generation_config)
+    _same(pd.generate(model, inputs=ids, max_new_tokens=6), model.generate(inputs=ids, max_new_tokens=6))
+    _same(pd.generate(model, max_new_tokens=6), model.generate(max_new_tokens=6))  # from BOS
+    with pytest.raises(TypeError, match="inputs"):
+        pd.generate(model, ids, inputs=ids, max_new_tokens=2)
+
+
+def test_inert_values_of_unimplemented_arguments_are_accepted(tiny, enc):
+    model, _ = tiny
+    inert = dict(num_beams=1, logits_processor=LogitsProcessorList(), stopping_criteria=None,
+                 output_logits=False, synced_gpus=False, assistant_model=None, custom_generate=None,
+                 prefix_allowed_tokens_fn=None, min_length=0)
+    _same(pd.generate(model, **enc, max_new_tokens=6, **inert), model.generate(**enc, max_new_tokens=6, **inert))
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.5, top_k=10, top_p=0.8), dict(temperature=0.0),
+                                dict(repetition_penalty=1.3, min_p=0.2)])
+def test_greedy_scores_are_hfs_processed_logits_without_warpers(tiny, enc, kw):
+    """HF applies no temperature, top-k, top-p or min-p in greedy mode: neither do the
+    tokens, the scores or the log-probs here."""
+    model, _ = tiny
+    args = dict(max_new_tokens=5, do_sample=False, return_dict_in_generate=True, output_scores=True, **kw)
+    ours, hf = pd.generate(model, **enc, **args), model.generate(**enc, **args)
+    _same(ours.sequences, hf.sequences)
+    for t, (a, b) in enumerate(zip(ours.scores, hf.scores)):
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-5, msg=f"step {t}")
+    want = torch.stack([torch.log_softmax(s.float(), -1) for s in hf.scores], 1)  # [B, T, V]
+    want = want.gather(2, ours.tokens[..., None])[..., 0]
+    torch.testing.assert_close(ours.logprobs, want, rtol=1e-5, atol=1e-5)
+
+
+def test_return_dict_is_hfs_output_type(tiny, enc):
+    model, _ = tiny
+    out = pd.generate(model, **enc, max_new_tokens=3, return_dict_in_generate=True)
+    assert isinstance(out, GenerateDecoderOnlyOutput) and isinstance(out, pd.Rollout)
+    assert out.logits is None and out.attentions is None and out.hidden_states is None
+    _same(out[0], out.sequences)
+
+
+def test_stop_strings_set_in_a_generation_config_stop_as_in_hf(tiny, enc):
+    model, tok = tiny
+    free = model.generate(**enc, max_new_tokens=12)
+    P = enc["input_ids"].shape[1]
+    stop = tok.decode(free[1, P + 4: P + 5]).strip()  # a string row 1 reaches at its 5th token
+    assert stop
+    gc = GenerationConfig(max_new_tokens=12, stop_strings=[stop])
+    hf = model.generate(**enc, generation_config=gc, tokenizer=tok)
+    assert hf.shape[1] < free.shape[1] or (hf != free).any()  # the oracle did stop somewhere
+    _same(pd.generate(model, **enc, generation_config=gc, tokenizer=tok), hf)
