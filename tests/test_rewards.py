@@ -53,6 +53,31 @@ def test_ends_with_sums_to_the_seed_rule(tiny, eos):
     assert totals["ends_with"].tolist() == want
 
 
+SUFFIX_TEXTS = ["the end.", "Hi. ", "Really!?", "He came home.", "end. more", "the end", ".", "x..", "e.e."]
+
+
+@pytest.mark.parametrize("suffix", ["end.", ". ", "!?", "e.", "..", "e.e."])
+@pytest.mark.parametrize("eos", [True, False])
+def test_ends_with_a_suffix_spanning_tokens(tiny, suffix, eos):
+    """" end" + "." ends with "end.", "." + " " with ". ": the oracle is str.endswith on the
+    decoded completion, the gated Keywords' too."""
+    _, tok = tiny
+    rewards = pd.Rewards(tok, [EndsWith(suffix), Keywords(["end", "home"], only_if_ends_with=suffix)])
+    totals, ids = teacher_force(rewards, tok, SUFFIX_TEXTS, eos)
+    texts = [tok.decode(i, skip_special_tokens=True) for i in ids]
+    assert totals["ends_with"].tolist() == [0.0 if t.endswith(suffix) else -1.0 for t in texts]
+    want = [t.endswith(suffix) * sum(w in t for w in ("end", "home")) / 2 for t in texts]
+    assert totals["keywords"].tolist() == pytest.approx(want)
+
+
+@pytest.mark.parametrize("word", ["quokka", "Quokka", "QUOKKA"])
+def test_keywords_ignore_case_does_not_depend_on_how_the_word_is_written(tiny, word):
+    _, tok = tiny
+    texts = ["a quokka", "quokka", "A Quokka", "QUOKKA!", "a kangaroo"]
+    totals, ids = teacher_force(pd.Rewards(tok, [Keywords([word], ignore_case=True)]), tok, texts)
+    assert totals["keywords"].tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
+
+
 @pytest.mark.parametrize("require_all,ignore_case", [(False, False), (True, False), (False, True)])
 def test_keywords_track_word_in_text(tiny, require_all, ignore_case):
     _, tok = tiny

@@ -83,6 +83,20 @@ def test_ridge_solves_the_normal_equations_either_way(tiny):
         assert table[[i for i in range(20) if i not in used]].abs().sum() == 0
 
 
+def test_special_tokens_spelled_in_a_rated_text_get_no_weight(tiny):
+    """A chat transcript rated as text ("...<|im_end|>") fits the same table as the text
+    without the literal: EOS adds no text to a completion, so it must not carry a rating."""
+    _, tok = tiny
+    texts = ["Great answer.", "Bad answer.", "Okay."]
+    plain = HumanFeedback(ratings=list(zip(texts, [5, 1, 3])))
+    chat = HumanFeedback(ratings=list(zip([texts[0] + tok.eos_token, texts[1], tok.bos_token + texts[2]], [5, 1, 3])))
+    pd.Rewards(tok, [plain]), pd.Rewards(tok, [chat])
+    torch.testing.assert_close(chat.table(), plain.table())
+    assert chat.table()[tok.eos_token_id] == 0
+    totals, _ = teacher_force(pd.Rewards(tok, [chat]), tok, texts, eos=True)
+    torch.testing.assert_close(totals["human"], plain.predict(texts) - plain.mean_rating, atol=1e-5, rtol=1e-5)
+
+
 def test_steering_raises_the_share_of_liked_tokens(tiny, ratings_file):
     model, tok = tiny
     hf = HumanFeedback.from_ratings(ratings_file)

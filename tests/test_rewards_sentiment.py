@@ -249,6 +249,14 @@ def test_documented_gaps(sentiment_rewards):
         total += run.score(torch.zeros(1, len(tok)))[0, t].item()
         run.record(torch.tensor([t]), torch.tensor([True]))
     assert total == 0.0 and polarity(" terrible") == -1.0
+    # mixed case, a leading "...", emoticons glued to punctuation, a word or a spaced ": )",
+    # and TextBlob's case-sensitive ":D"
+    # and the contraction split's "do" + "n", one word longer than "don" here
+    texts = ["so hAppY", "It was ...terrible", "See you :)!", "good:)", "It was :good", "x : ) y", "great :d",
+             "VERY don't fine"]
+    got, want = totals_vs_textblob(sentiment_rewards, texts)
+    assert got == pytest.approx([0.0, -1.0, 0.0, 0.7, 0.0, 0.0, 0.9, 0.308333], abs=1e-5)
+    assert want == pytest.approx([0.8, 0.0, 0.625, 0.6, 0.7, 0.5, 0.8, 0.541667], abs=1e-5)
 
 
 def test_sentiment_bad_arguments():

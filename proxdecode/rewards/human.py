@@ -153,7 +153,7 @@ class HumanFeedback(Reward):
     def bind(self, tokenizer) -> None:
         V = len(tokenizer)
         if self.ratings is not None:
-            bags = [tokenizer.encode(t, add_special_tokens=False) for t, _ in self.ratings]
+            bags = [_text_ids(tokenizer, t) for t, _ in self.ratings]
             self._table, self.mean_rating = fit_ridge(bags, [r for _, r in self.ratings], V, self.ridge)
         elif isinstance(self.weights, dict):
             strings, special = token_strings(tokenizer)
@@ -183,5 +183,12 @@ class HumanFeedback(Reward):
     def predict(self, texts) -> torch.Tensor:
         """``[N]`` predicted ratings: mean rating (0 without ratings) + the texts' summed weights."""
         table = self.table()
-        ids = [self._tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        ids = [_text_ids(self._tokenizer, t) for t in texts]
         return torch.stack([table[torch.tensor(i, dtype=torch.long)].sum() for i in ids]) + (self.mean_rating or 0.0)
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    """The text's token ids without special tokens, also those its text spells literally
+    ("<|im_end|>" in a chat transcript): they add no text to a completion, so no weight."""
+    _, special = token_strings(tokenizer)  # [V] bool, cached
+    return [i for i in tokenizer.encode(text, add_special_tokens=False) if not special[i]]

@@ -41,7 +41,10 @@ newline or punctuation) joins its spaced twin's class ("The" -> " The"). Tokens 
 such text (whitespace; punctuation for ROUGE) and special tokens add nothing, and byte
 pieces of a split character ("\ufffd") keep their own class. A word the tokenizer
 splits is several tokens, so it weighs more than in the word-level metric, and casing
-can change the split ("PROXIMAL"), which ROUGE's lower-casing does not see.
+can change the split ("PROXIMAL"), which ROUGE's lower-casing does not see. The reference
+is tokenised as it is written, starting without a space, as a chat model's answer does: a
+completion that starts with a space can split the first word otherwise (" Tokyo" against
+"To" + "kyo") and then misses its n-grams, scoring below the metric's 1.0 on a copy.
 ``tests/test_rewards_overlap.py`` measures the agreement (Spearman over 44 texts).
 
 Steering scale: a match earns about ``1 / (n |reference|)``; for ~1 nat per match use

@@ -5,9 +5,9 @@ mentioning both "apple" and "orange". Decoding every candidate's text and callin
 rule each step costs ``V`` Python calls a row; here each rule is a token table plus a
 few bits of row state, and a step is a handful of ``[B, V]`` tensor ops.
 
-Tokens are not words. ``EndsWith`` reads the last *token*: the completion ends with the
-suffix exactly when its last non-special token's own text does (byte-level BPE decodes
-token by token; special tokens such as EOS add no text). ``Keywords`` looks for the word
+Tokens are not words. ``EndsWith`` follows which prefixes of the suffix the text ends
+with, token by token (byte-level BPE decodes token by token; special tokens such as EOS
+add no text), so a suffix may span tokens. ``Keywords`` looks for the word
 inside each token's text and, for words the tokenizer splits, for its canonical token
 sequence; both are set up once as tables, so a step never decodes text.
 """
@@ -19,22 +19,22 @@ import torch
 from .base import Reward, token_strings
 
 
-def _widen(tab: torch.Tensor, vocab: int) -> torch.Tensor:
-    """A ``[V_tok]`` bool table over the model's ``vocab`` logits: its padding rows (up to 256
-    beyond the tokenizer) neither end the text nor add to it."""
-    return torch.nn.functional.pad(tab, (0, vocab - tab.numel()), value=False)
-
-
 class EndsWith(Reward):
     """-weight unless the completion ends with ``suffix`` (the seed's rule), shaped per step.
 
     Potential ``Phi(s) = 0`` if the completion ``s`` ends with ``suffix``, else -1. A
-    candidate ``a`` scores ``Phi(s + a) - Phi(s)``: +1 for a token ending in the suffix when
-    the text does not end with it yet, -1 for continuing past it, 0 for EOS and other
-    special tokens (they add no text). The terminal reward ``Phi(empty) = -1`` closes the
-    telescoping sum, so a row's rewards add up to exactly the seed's value on its text.
-    Oracle: ``0 if text.endswith(suffix) else -1`` on the completion decoded with
-    ``skip_special_tokens=True``.
+    candidate ``a`` scores ``Phi(s + a) - Phi(s)``: +1 for a token that makes the text end
+    with the suffix, -1 for continuing past it, 0 for EOS and other special tokens (they add
+    no text). The terminal reward ``Phi(empty) = -1`` closes the telescoping sum, so a row's
+    rewards add up to exactly the seed's value on its text. Oracle: ``0 if
+    text.endswith(suffix) else -1`` on the completion decoded with ``skip_special_tokens=True``.
+
+    A suffix may span tokens ("end." as " end" + "."): the row state is which prefixes
+    ``suffix[:j]`` the text ends with (``E[:, j]``, ``E[:, 0]`` always true), and a token of
+    text ``t`` leads to ``E'[j] = t.endswith(suffix[:j])`` when ``len(t) >= j``, else
+    ``suffix[:j].endswith(t) and E[j - len(t)]``: two ``[V, L]`` tables, one gather a step.
+    Token texts are byte-level BPE's per-token decodings, so a suffix character split over
+    several byte tokens (most emoji) is never seen whole.
     """
 
     default_name = "ends_with"
@@ -47,30 +47,53 @@ class EndsWith(Reward):
 
     def bind(self, tokenizer) -> None:
         strings, special = token_strings(tokenizer)
-        self._ends = torch.tensor([s.endswith(self.suffix) for s in strings]) & ~special  # [V]
-        self._text = ~special  # [V] tokens that add text
+        s, L = self.suffix, len(self.suffix)
+        full = torch.zeros(len(strings), L, dtype=torch.bool)  # [V, L] the token alone ends with s[:j]
+        need = torch.arange(1, L + 1).repeat(len(strings), 1)  # [V, L] else: E[need] carries over
+        for a, t in enumerate(strings):
+            if special[a] or not t:
+                continue  # no text: every E[j] stays (need = j)
+            for j in range(1, L + 1):
+                if len(t) >= j:
+                    full[a, j - 1], need[a, j - 1] = t.endswith(s[:j]), L + 1  # E[L + 1] is false
+                else:
+                    need[a, j - 1] = j - len(t) if s[:j].endswith(t) else L + 1
+        self._full, self._need = full, need
 
     def init(self, ctx):
-        return {"ends": torch.zeros(ctx.batch, dtype=torch.bool, device=ctx.device),
-                "ends_tab": _widen(self._ends, ctx.vocab).to(ctx.device),
-                "text_tab": _widen(self._text, ctx.vocab).to(ctx.device)}
+        L = len(self.suffix)
+        pad = ctx.vocab - self._full.shape[0]  # padding rows of the model's vocab add no text
+        E = torch.zeros(ctx.batch, L + 2, dtype=torch.bool, device=ctx.device)  # [B, L + 2]
+        E[:, 0] = True
+        return {"E": E,
+                "full": torch.cat([self._full, self._full.new_zeros(pad, L)]).to(ctx.device),
+                "need": torch.cat([self._need, torch.arange(1, L + 1).repeat(pad, 1)]).to(ctx.device)}
+
+    def ends(self, st) -> torch.Tensor:
+        """``[B]`` bool: the text so far ends with the suffix."""
+        return st["E"][:, len(self.suffix)]
+
+    def ends_after(self, st) -> torch.Tensor:
+        """``[B, V]`` bool: the text would end with the suffix after each candidate."""
+        E = st["E"]  # [B, L + 2]
+        need = st["need"][:, -1]  # [V]
+        return st["full"][:, -1][None, :] | E.gather(1, need[None, :].expand(E.shape[0], -1))
 
     def score(self, st, logits):
-        ends = st["ends_tab"].float()[None, :]  # [1, V]
-        now = st["ends"].float()[:, None]  # [B, 1]
-        return (ends - now) * st["text_tab"][None, :]  # [B, V]
+        return self.ends_after(st).float() - self.ends(st).float()[:, None]  # [B, V]
 
     def update(self, st, tokens, alive):
-        adds_text = st["text_tab"][tokens] & alive  # [B]
-        st["ends"] = torch.where(adds_text, st["ends_tab"][tokens], st["ends"])
+        E = st["E"]
+        new = st["full"][tokens] | E.gather(1, st["need"][tokens])  # [B, L]
+        st["E"] = torch.cat([E[:, :1], torch.where(alive[:, None], new, E[:, 1:-1]), E[:, -1:]], 1)
 
     def chosen(self, st, tokens, alive, logits):
-        r = (st["ends_tab"][tokens].float() - st["ends"].float()) * st["text_tab"][tokens]  # [B]
+        before = self.ends(st).float()
         self.update(st, tokens, alive)
-        return r
+        return self.ends(st).float() - before  # [B]
 
     def terminal(self, st):
-        return torch.full_like(st["ends"], -1.0, dtype=torch.float32)
+        return torch.full(st["E"].shape[:1], -1.0, device=st["E"].device)
 
 
 class Keywords(Reward):
@@ -79,7 +102,8 @@ class Keywords(Reward):
     A word counts as mentioned, as with the seed's ``word in text``, once a chosen token's
     text contains it (" apple", " apples", "pineapple"'s "apple"), or once the tokens of its
     canonical spelling ("word", " word") end with the chosen one (words split over tokens).
-    ``ignore_case`` compares lower-cased text. Potential ``Phi`` = fraction of the words
+    ``ignore_case`` compares lower-cased text; the spellings it knows for split words are
+    then the word in lower case, capitalised, title case and upper case. Potential ``Phi`` = fraction of the words
     mentioned (``require_all=False``) or 1 once all are (``require_all=True``, the seed's
     rule); a candidate scores ``Phi(after a) - Phi(now)``, so a row's rewards sum to
     ``Phi`` of its completion. Oracle: ``word in text`` on the decoded completion. They
@@ -115,8 +139,8 @@ class Keywords(Reward):
                         hits.setdefault(i, set()).add(k)
         variants: dict[tuple[int, ...], set[int]] = {}  # multi-token spellings -> words
         for k, w in enumerate(self.words):
-            forms = {w, " " + w} | ({w.capitalize(), " " + w.capitalize()} if self.ignore_case else set())
-            for form in forms:
+            cases = {w.lower(), w.capitalize(), w.title(), w.upper()} if self.ignore_case else {w}
+            for form in cases | {" " + c for c in cases}:
                 ids = tuple(tokenizer.encode(form, add_special_tokens=False))
                 if len(ids) > 1:
                     variants.setdefault(ids, set()).add(k)
@@ -157,7 +181,7 @@ class Keywords(Reward):
     def _potential(self, st) -> torch.Tensor:
         """``[B]`` Phi of the text so far: coverage, gated by the suffix when asked."""
         phi = self._phi(st["covered"].sum(-1))
-        return phi if st["gate"] is None else phi * st["gate"]["ends"]
+        return phi if st["gate"] is None else phi * self._gate.ends(st["gate"])
 
     def score(self, st, logits):
         covered = st["covered"]  # [B, K]
@@ -168,10 +192,8 @@ class Keywords(Reward):
             gain = self._phi(now + new) - self._phi(now)  # [B, U]
             out = torch.zeros(covered.shape[0], logits.shape[1], device=logits.device)
             return out.index_copy_(1, st["lasts"], gain)  # [B, V]
-        g = st["gate"]
-        V = g["ends_tab"].shape[0]
-        ends_now = g["ends"].float()  # [B]
-        ends_after = torch.where(g["text_tab"][None, :], g["ends_tab"][None, :].float(), ends_now[:, None])
+        ends_after = self._gate.ends_after(st["gate"]).float()  # [B, V]
+        V = ends_after.shape[1]
         phi_after = self._phi(now).expand(-1, V).clone()  # [B, V] coverage after each candidate
         phi_after.index_copy_(1, st["lasts"], self._phi(now + new))
         out = phi_after * ends_after - self._potential(st)[:, None]  # [B, V]

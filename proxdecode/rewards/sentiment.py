@@ -37,12 +37,20 @@ The byte-level BPE gives a word as one or more tokens (" good"; "Ter" + "ribly";
   them. TextBlob's quote split makes "n't" no negation ("isn't good" = 0.7), here too.
 
 Known gaps, where the text is spelled with tokens other than the canonical ones or where
-TextBlob is odd (``test_documented_gaps`` pins each): a lexicon word spelled with other
-tokens than its canonical ones (" terr" + "ible") counts as unknown; emoticons with a quote
-(":'(") and the sarcasm mark "(!)" are not read as units; an emoticon inside a single
-punctuation token after "!" ("!:)") takes the boost; TextBlob's contraction split turns
-"don" of "don't" into "do" + "n", and a leading "." (".5") is split off here but not there,
-which only changes how long a word is (whether a waiting negation or modifier survives it).
+TextBlob is odd (``test_documented_gaps`` pins examples of each):
+
+- a lexicon word spelled with other tokens than its canonical ones (" terr" + "ible"), or
+  in mixed case ("hAppY"), counts as unknown;
+- emoticons with a quote (":'(") and the sarcasm mark "(!)" are not read as units; an
+  emoticon inside a single punctuation token after "!" ("!:)") takes the boost;
+- TextBlob's contraction split turns "don" of "don't" into "do" + "n";
+- a leading "." (".good", "...terrible") is split off here but not by TextBlob, where the
+  whole chunk is one unknown word: here the word counts;
+- emoticons glued to other text in one chunk: followed by more punctuation in the same
+  token (":)!", ":))"), glued to a word ("good:)", ":)good"), or their first character
+  glued before a word (":good", "*excellent", which TextBlob reads as the word); TextBlob
+  also joins emoticon characters across single spaces (": )", "< 3") and matches them
+  case-sensitively (":D" yes, ":d" no), where this table lower-cases them.
 ``tests/test_rewards_sentiment.py`` measures agreement with TextBlob itself on sentences and
 on the real model's continuations.
 """

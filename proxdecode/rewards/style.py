@@ -356,7 +356,8 @@ class Capitalization(Reward):
     ``bind``, into ``[3, V]`` score and next-state tables; a step is one row gather and
     a row's rewards sum to the count of upper- minus lower-case sentence starts. It is
     character-level, so words split over tokens don't matter; the only gap is a character
-    split across byte-level tokens (each piece decodes to U+FFFD, which scores 0).
+    split across byte-level tokens (each piece decodes to U+FFFD, which scores 0; a
+    multi-byte space so split, U+2028 or U+3000 after ".", also hides the sentence start).
     Special tokens add no text: score 0, state unchanged. Oracle:
     ``re.finditer(r"(?=[.!?][\"')\\]”’]*\\s+(\\S))", text)`` (plus ``^\\s*(\\S)`` when
     ``first``), each match's character scored as above.
