@@ -15,22 +15,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
-def _reward_families(specs, config, model):
-    """The families of ``--reward`` specs and a ``--rewards`` TOML file."""
+def _reward_entries(specs, config) -> list:
+    """``--reward`` specs and a ``--rewards`` TOML file read and checked, before any model
+    loads: ``(kind, keyword arguments, where)`` each."""
     from .rewards import registry
 
-    families = [registry.from_spec(s, model) for s in specs]
-    if config:
-        families += registry.from_config(config, model)
-    return families
+    entries = [(*registry.parse_spec(s), f"--reward {s}") for s in specs]
+    return entries + (registry.read_config(config) if config else [])
 
 
-def _generate(model, tok, prompts, reward_specs, args, steer, config=None):
+def _reward_families(entries, model):
+    from .rewards import registry
+
+    return [registry.build(kind, kwargs, model, where) for kind, kwargs, where in entries]
+
+
+def _generate(model, tok, prompts, entries, args, steer):
     import proxdecode as pd
 
-    families = _reward_families(reward_specs, config, model)
+    families = _reward_families(entries, model)
     rewards = pd.Rewards(tok, families) if families else None
     enc = tok(prompts, return_tensors="pt", padding=True)
     kw = dict(max_new_tokens=args.max_new_tokens, num_return_sequences=args.n,
@@ -74,8 +80,13 @@ def cmd_generate(args):
     import proxdecode as pd
     from rich.console import Console
 
+    entries = _reward_entries(args.reward, args.rewards)
+    if args.steer != 0 and not entries:
+        raise ValueError("--steer needs a --reward or a --rewards file (there is nothing to steer with)")
+    if any(not p for p in args.prompts):
+        raise ValueError("prompts: an empty prompt has no tokens to continue from")
     model, tok = pd.load_model(args.model, dtype=args.dtype)
-    out = _generate(model, tok, args.prompts, args.reward, args, args.steer, args.rewards)
+    out = _generate(model, tok, args.prompts, entries, args, args.steer)
     rows = _rows(out, tok, args.prompts, args.n)
     if args.json:
         print(json.dumps({"steer": args.steer, "rewards": args.reward, "rewards_config": args.rewards,
@@ -92,15 +103,16 @@ def cmd_demo(args):
     from rich.console import Console
     from rich.table import Table
 
-    model, tok = pd.load_model(args.model, dtype=args.dtype)
     prompts = ["I like to eat", "Today is a"]
     specs = ["ends-with:.", "keywords:apple,orange"]
+    entries = _reward_entries(specs, None)
+    model, tok = pd.load_model(args.model, dtype=args.dtype)
     console = Console()
     table = Table(title=f"proxdecode demo: rewards {specs}, {args.n} samples per prompt, seed {args.seed}")
     table.add_column("prompt")
     for steer in (0.0, args.steer):
         table.add_column(f"steer = {steer:g}", ratio=1)
-    results = [_rows(_generate(model, tok, prompts, specs, args, s), tok, prompts, args.n)
+    results = [_rows(_generate(model, tok, prompts, entries, args, s), tok, prompts, args.n)
                for s in (0.0, args.steer)]
     for i in range(len(prompts) * args.n):
         table.add_row(results[0][i]["prompt"],
@@ -118,6 +130,10 @@ def cmd_bench(args):
 
     from . import bench
 
+    import torch
+
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this torch sees no CUDA device")
     if args.rewards or args.steering:
         return _bench_rewards(args)
     if args.cache_ab:
@@ -136,15 +152,17 @@ def cmd_bench(args):
     engine = dict(_engine(args), cache_implementation=args.cache)
     res = bench.run(tuple(args.batch), args.new_tokens, args.runs, args.dtype, args.device,
                     memory=not args.no_memory, out_path=args.out, engine=engine)
-    table = Table(title=f"pd.generate (step {args.backend}, linear {args.linear}, compile {args.compile}) "
+    compile_ = {None: "as HF decides", True: "on", False: "off"}[args.compile]
+    table = Table(title=f"pd.generate (step {args.backend}, linear {args.linear}, compile {compile_}) "
                         "vs model.generate, "
                         f"{res['model']} {args.dtype}, "
                         f"{args.new_tokens} new tokens, {bench.SETTINGS}")
-    for c in ("batch", "HF tok/s", "pd tok/s", "speedup", "HF peak MiB", "pd peak MiB"):
+    memory = () if args.no_memory else ("HF peak MiB", "pd peak MiB")
+    for c in ("batch", "HF tok/s", "pd tok/s", "speedup", *memory):
         table.add_column(c, justify="right")
     for r in res["rows"]:
-        table.add_row(str(r["batch"]), f"{r['hf_tok_s']:.1f}", f"{r['pd_tok_s']:.1f}", f"{r['speedup']:.2f}x",
-                      f"{r.get('hf_peak_mib', float('nan')):.0f}", f"{r.get('pd_peak_mib', float('nan')):.0f}")
+        peaks = () if args.no_memory else (f"{r['hf_peak_mib']:.0f}", f"{r['pd_peak_mib']:.0f}")
+        table.add_row(str(r["batch"]), f"{r['hf_tok_s']:.1f}", f"{r['pd_tok_s']:.1f}", f"{r['speedup']:.2f}x", *peaks)
     Console(stderr=True).print(table)
     print(json.dumps(res))
 
@@ -154,10 +172,15 @@ def cmd_train(args):
     import proxdecode as pd
     from rich.console import Console
 
-    model, tok = pd.load_model(args.model)
-    families = _reward_families(args.reward, args.rewards, model)
-    if not families:
+    entries = _reward_entries(args.reward, args.rewards)
+    if not entries:
         raise ValueError("train needs at least one --reward or a --rewards file")
+    model, tok = pd.load_model(args.model)
+    families = _reward_families(entries, model)
+    layers = len(model.model.layers)
+    if args.train_layers > layers:
+        raise ValueError(f"--train-layers must be in [0, {layers}] (the model's layers; 0: all), "
+                         f"got {args.train_layers}")
     if args.train_layers:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -166,6 +189,7 @@ def cmd_train(args):
     hist = pd.rl.train(model, tok, args.prompts, pd.Rewards(tok, families), args.steps,
                        group_size=args.group_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
                        algo=args.algo, gamma=args.gamma, steer=args.steer, sparse=args.sparse,
+                       entropy_coef=args.entropy_coef,
                        seed=args.seed, log_path=args.log, **_engine(args))
     console = Console(stderr=True)
     for h in hist:
@@ -218,17 +242,47 @@ def _bench_rewards(args):
     print(json.dumps(res))
 
 
+def at_least(low: int):
+    """argparse type: an integer >= ``low``, refused before any model loads."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def number(low=None, high=None, low_open=False):
+    """argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            where = "" if low is None and high is None else (
+                f" in {'(' if low_open else '['}{'-inf' if low is None else f'{low:g}'}, "
+                f"{'inf' if high is None else f'{high:g}'}]")
+            raise argparse.ArgumentTypeError(f"must be a finite number{where}, got {text}")
+        return value
+    return parse
+
+
 def _sampling_args(p, n=1):
     p.add_argument("--model", default=None, help="local HF model folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("-n", type=int, default=n, help="completions per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("-n", type=at_least(1), default=n, help="completions per prompt")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=32)
+    p.add_argument("--temperature", type=number(0.0, low_open=True), default=1.0, help="> 0")
+    p.add_argument("--top-k", type=at_least(0), default=50, help="0: no top-k")
+    p.add_argument("--top-p", type=number(0.0, 1.0, low_open=True), default=1.0, help="in (0, 1]; 1: no top-p")
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    p.add_argument("--gamma", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gamma", type=number(0.0, 1.0), default=1.0, help="discount of the returns, in [0, 1]")
+    p.add_argument("--seed", type=at_least(0), default=0, help="prompt i samples with seed + i")
     _engine_args(p)
 
 
@@ -239,38 +293,43 @@ def _engine_args(p):
     p.add_argument("--linear", default="torch", choices=["torch", "onednn"],
                    help="the model's linear layers: torch (HF's exact logits) or onednn (packed weights, CPU)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="compile the decode step, forward and sampling, or not (default: as HF decides; one compile per shape)")
+                   help="compile the decode step, forward and sampling, or not (default: as HF decides; "
+                        "one compile per shape)")
+
+
+def _reward_args(p):
+    from .rewards.registry import syntax
+
+    p.add_argument("--reward", action="append", default=[], metavar="NAME[:ARGS][=WEIGHT]",
+                   help="a reward family (repeatable): " + syntax())
+    p.add_argument("--rewards", default=None, metavar="TOML",
+                   help="reward families from a config file ([[reward]] tables with type = NAME and its "
+                        "keyword arguments; see pd.rewards.registry)")
 
 
 def _engine(args) -> dict:
     return dict(backend=args.backend, linear=args.linear, compile=args.compile)
 
 
-def known_rewards():
-    from .rewards.registry import known
-
-    return known()
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="proxdecode", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="generate and show per-token rewards")
+    fmt = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    steer = dict(type=number(), help="beta: sample from softmax(z / T + beta * R) inside the candidate set; "
+                                      "0 is plain sampling")
+    g = sub.add_parser("generate", help="generate and show per-token rewards", **fmt)
     g.add_argument("prompts", nargs="+")
-    g.add_argument("--reward", action="append", default=[], help="name[:args][=weight]; known: "
-                   + ", ".join(known_rewards()))
-    g.add_argument("--rewards", default=None, metavar="TOML",
-                   help="reward families from a config file ([[reward]] tables; see pd.rewards.registry)")
-    g.add_argument("--steer", type=float, default=0.0)
-    g.add_argument("--json", action="store_true")
+    _reward_args(g)
+    g.add_argument("--steer", default=0.0, **steer)
+    g.add_argument("--json", action="store_true", help="print one JSON document instead of the coloured view")
     _sampling_args(g)
-    d = sub.add_parser("demo", help="the seed's prompts with and without steering")
-    d.add_argument("--steer", type=float, default=2.0)
+    d = sub.add_parser("demo", help="the seed's prompts with and without steering", **fmt)
+    d.add_argument("--steer", default=2.0, **steer)
     _sampling_args(d, n=3)
-    b = sub.add_parser("bench", help="tokens/s against model.generate")
-    b.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
-    b.add_argument("--new-tokens", type=int, default=64)
-    b.add_argument("--runs", type=int, default=3)
+    b = sub.add_parser("bench", help="tokens/s against model.generate", **fmt)
+    b.add_argument("--batch", type=at_least(1), nargs="+", default=[1, 8, 32])
+    b.add_argument("--new-tokens", type=at_least(1), default=64)
+    b.add_argument("--runs", type=at_least(1), default=3, help="alternating runs; the median counts")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--device", default="cpu")
     b.add_argument("--cache", choices=["static", "dynamic"], default=None,
@@ -283,21 +342,21 @@ def main(argv=None):
     b.add_argument("--steering", action="store_true", help="instead: what steering does to the text")
     _engine_args(b)
     b.add_argument("--out", default=None, help="also write the JSON result here")
-    t = sub.add_parser("train", help="on-policy updates from proximal rewards (pd.rl.train)")
+    t = sub.add_parser("train", help="on-policy updates from proximal rewards (pd.rl.train)", **fmt)
     t.add_argument("prompts", nargs="+")
-    t.add_argument("--reward", action="append", default=[], help="name[:args][=weight]")
-    t.add_argument("--rewards", default=None, metavar="TOML")
-    t.add_argument("--model", default=None)
-    t.add_argument("--steps", type=int, default=10)
-    t.add_argument("--group-size", type=int, default=4, help="completions per prompt per update")
-    t.add_argument("--max-new-tokens", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-5)
+    _reward_args(t)
+    t.add_argument("--model", default=None, help="local HF model folder (default: SmolLM2-135M-Instruct)")
+    t.add_argument("--steps", type=at_least(1), default=10, help="updates (each a rollout of every prompt)")
+    t.add_argument("--group-size", type=at_least(1), default=4, help="completions per prompt per update")
+    t.add_argument("--max-new-tokens", type=at_least(1), default=32)
+    t.add_argument("--lr", type=number(0.0, 1.0, low_open=True), default=1e-5, help="AdamW learning rate")
     t.add_argument("--algo", choices=["reinforce", "ppo"], default="ppo")
-    t.add_argument("--gamma", type=float, default=1.0)
-    t.add_argument("--steer", type=float, default=0.0)
+    t.add_argument("--gamma", type=number(0.0, 1.0), default=1.0, help="discount of the returns, in [0, 1]")
+    t.add_argument("--steer", default=0.0, **steer)
+    t.add_argument("--entropy-coef", type=number(0.0), default=0.0, help="weight of the entropy bonus")
     t.add_argument("--sparse", action="store_true", help="give each row's reward sum on its last token only")
-    t.add_argument("--train-layers", type=int, default=0, help="train only the last N layers (0: all)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-layers", type=at_least(0), default=0, help="train only the last N layers (0: all)")
+    t.add_argument("--seed", type=at_least(0), default=0)
     t.add_argument("--log", default=None, help="append per-step metrics here (JSONL)")
     _engine_args(t)
     t.add_argument("--save", default=None, help="save the trained model and tokenizer here")

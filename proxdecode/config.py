@@ -165,7 +165,7 @@ class DecodeConfig:
             # be ignored"): the argmax, the scores and the log-probs are of the processed
             # logits. With steering they stay: they choose the candidates the argmax reweights.
             temperature, top_k, top_p, min_p = 1.0, 0, 1.0, 0.0
-        n_ret = gc.num_return_sequences or 1
+        n_ret = 1 if gc.num_return_sequences is None else gc.num_return_sequences  # HF turns 0 into 1
         _check_int("num_return_sequences", n_ret, 1)
 
         eos = gc.eos_token_id

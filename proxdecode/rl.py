@@ -91,9 +91,12 @@ def kl_k3(logp, ref_logp, mask) -> torch.Tensor:
     return _masked_mean(torch.exp(d) - d - 1.0, mask)
 
 
-def completion_logprobs(model, rollout, with_entropy: bool = False):
+def completion_logprobs(model, rollout, entropy: str | None = None):
     """Log-probs ``[B, T]`` of the rollout's tokens under ``model`` (one forward over prompt +
-    completion, gradients on), and the per-step entropy ``[B, T]`` if asked."""
+    completion, gradients on), and the per-step entropy ``[B, T]``: None with ``entropy=None``,
+    differentiable with ``"loss"``, without gradients (a metric) with ``"metric"``."""
+    if entropy not in (None, "loss", "metric"):
+        raise ValueError(f"entropy must be None, 'loss' or 'metric', got {entropy!r}")
     seqs, T = _plain(rollout.sequences), rollout.tokens.shape[1]
     P = seqs.shape[1] - T
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -108,8 +111,10 @@ def completion_logprobs(model, rollout, with_entropy: bool = False):
     logits = logits[:, P - 1:-1].float()  # [B, T, V] predicting each completion token
     lsm = torch.log_softmax(logits, -1)
     logp = lsm.gather(2, _plain(rollout.tokens)[:, :, None])[:, :, 0]  # [B, T]
-    entropy = -(lsm.exp() * lsm).sum(-1) if with_entropy else None
-    return logp, entropy
+    if entropy is None:
+        return logp, None
+    with torch.set_grad_enabled(entropy == "loss" and torch.is_grad_enabled()):
+        return logp, -(lsm.exp() * lsm).sum(-1)  # [B, T]
 
 
 def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, kl_coef: float = 0.0,
@@ -130,7 +135,7 @@ def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, k
     weights = _plain(importance_weights(rollout, is_cap))
 
     model.train()
-    logp, entropy = completion_logprobs(model, rollout, with_entropy=entropy_coef > 0)
+    logp, entropy = completion_logprobs(model, rollout, entropy="loss" if entropy_coef > 0 else "metric")
     if algo == "ppo":
         loss = ppo_loss(logp, _plain(rollout.policy_logprobs), adv, mask, clip, weights)
     else:
@@ -141,8 +146,9 @@ def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, k
             ref_logp, _ = completion_logprobs(ref_model, rollout)
         kl = kl_k3(logp, ref_logp, mask)
         loss = loss + kl_coef * kl
-    ent = _masked_mean(entropy, mask) if entropy is not None else torch.zeros(())
-    loss = loss - entropy_coef * ent
+    ent = _masked_mean(entropy, mask)
+    if entropy_coef > 0:
+        loss = loss - entropy_coef * ent
     if not torch.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"the loss is {loss.item()}; no step taken, the weights are unchanged")
@@ -194,6 +200,8 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
         raise ValueError(f"lr must be in (0, 1], got {lr!r}")
     if not (isinstance(clip, (int, float)) and 0.0 < clip < 1.0):
         raise ValueError(f"clip must be in (0, 1), got {clip!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("prompts is empty")

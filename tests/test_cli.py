@@ -30,8 +30,6 @@ def test_unknown_reward_lists_the_known_ones(real):
         main(["generate", "x", "--reward", "sentimentality", "--max-new-tokens", "2"])
     with pytest.raises(SystemExit, match="steer"):  # --steer without a reward is not ignored
         main(["generate", "x", "--steer", "2", "--max-new-tokens", "2"])
-    with pytest.raises(SystemExit, match="top_p"):
-        main(["generate", "x", "--top-p", "2", "--max-new-tokens", "2"])
 
 
 def test_demo_shows_both_columns(real, capsys):
@@ -52,3 +50,50 @@ def test_engine_flags_reach_generate(real, capsys, packed_calls):
     assert sum(packed_calls.values()) > 0, "--linear onednn did not reach the model's forward"
     with pytest.raises(SystemExit, match="onednn"):
         main(args + ["--linear", "onednn", "--compile"])
+
+
+@pytest.mark.parametrize("args,match", [
+    (["generate", "x", "-n", "0"], "-n: must be an integer >= 1"),
+    (["generate", "x", "--steer", "nan"], "--steer: must be a finite number"),
+    (["generate", "x", "--seed", "-1"], "--seed: must be an integer >= 0"),
+    (["generate", "x", "--top-p", "2"], r"--top-p: must be a finite number in \(0, 1\]"),
+    (["generate", "x", "--reward", "sentiment=abc"], "weight after '=' must be a number"),
+    (["generate", "x", "--reward", "sentiment:x"], "sentiment takes no arguments"),
+    (["generate", "x", "--reward", "ends-with:"], r"nothing after ':' \(the form is ends-with"),
+    (["generate", "x", "--reward", "length:abc"], r"cannot read 'abc' \(the form is length:MIN"),
+    (["generate", "x", "--reward", "kl"], r"kl needs reference \(the form is kl:MODEL_FOLDER"),
+    (["generate", "", "x"], "empty prompt"),
+    (["bench", "--batch", "0"], "--batch: must be an integer >= 1"),
+    (["bench", "--runs", "0"], "--runs: must be an integer >= 1"),
+    (["train", "x", "--reward", "sentiment", "--group-size", "0"], "--group-size: must be an integer >= 1"),
+    (["train", "x"], "at least one --reward"),
+])
+def test_bad_input_is_refused_before_the_model_loads(monkeypatch, capsys, args, match):
+    import re
+
+    import proxdecode as pd
+
+    def no_load(*a, **k):
+        raise AssertionError("the model loaded before the input was checked")
+    monkeypatch.setattr(pd, "load_model", no_load)
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    message = str(e.value) if e.value.code not in (0, 2) else capsys.readouterr().err  # argparse: exit 2
+    assert re.search(match, message), message
+
+
+def test_a_model_folder_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="no such folder"):
+        main(["generate", "x", "--model", str(tmp_path / "missing"), "--max-new-tokens", "2"])
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    """A rewards.toml naming "ratings.jsonl" works from any working directory."""
+    from proxdecode.rewards import registry
+
+    (tmp_path / "ratings.jsonl").write_text('{"text": "I like apples.", "rating": 5}\n{"text": "no", "rating": 1}\n')
+    (tmp_path / "rewards.toml").write_text('[[reward]]\ntype = "human"\nratings = "ratings.jsonl"\n')
+    monkeypatch.chdir("/")
+    [(kind, kwargs, _)] = registry.read_config(tmp_path / "rewards.toml")
+    assert kind == "human" and kwargs["ratings"] == str(tmp_path / "ratings.jsonl")
+    assert registry.from_config(tmp_path / "rewards.toml")[0].ratings[0] == ("I like apples.", 5)

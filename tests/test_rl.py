@@ -74,10 +74,28 @@ def test_recomputed_logprobs_equal_the_rollouts(tiny):
     model, tok = tiny
     out = _rollout(model, tok, pd.Rewards(tok, [pd.rewards.EndsWith(".")]))
     with torch.no_grad():
-        logp, ent = rl.completion_logprobs(model, out, with_entropy=True)
+        logp, ent = rl.completion_logprobs(model, out, entropy="loss")
     m = out.mask
     assert torch.allclose(logp[m], out.policy_logprobs[m], atol=1e-4)
     assert (ent[m] > 0).all()
+
+
+def test_update_reports_the_policy_entropy_without_an_entropy_bonus(tiny):
+    """``update``'s "entropy" is measured, not 0, when ``entropy_coef`` is 0: the mean over
+    valid steps of H(softmax(logits)), the logits read from the rollout's own scores (top_k=0,
+    T=1: the raw logits)."""
+    import copy
+
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    enc = tok(["I like to eat", "Today is a"], return_tensors="pt", padding=True)
+    out = pd.generate(model, **enc, rewards=pd.Rewards(tok, [pd.rewards.EndsWith(".")]), max_new_tokens=6,
+                      do_sample=True, top_k=0, seed=0, output_scores=True)
+    ent = torch.stack([-(torch.log_softmax(s, -1).exp() * torch.log_softmax(s, -1)).sum(-1) for s in out.scores], 1)
+    want = float(ent[out.mask].mean())
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    got = rl.update(model, opt, out, algo="reinforce")["entropy"]
+    assert got == pytest.approx(want, rel=1e-4) and got > 0
 
 
 def test_rollout_from_another_model_is_refused(tiny):
@@ -158,6 +176,6 @@ def test_cli_train_logs_metrics(real, tmp_path):
     assert [r["step"] for r in rows] == [0, 1]
     for r in rows:
         assert {"reward", "kl", "entropy", "loss", "tokens_per_s", "rollout_s", "learn_s"} <= set(r)
-        assert math.isfinite(r["loss"]) and r["tokens_per_s"] > 0
-    with pytest.raises(SystemExit, match="lr must be in"):
-        main(["train", "x", "--reward", "ends-with", "--lr", "5", "--steps", "1"])
+        assert math.isfinite(r["loss"]) and r["tokens_per_s"] > 0 and r["entropy"] > 0  # measured
+    with pytest.raises(SystemExit, match="--train-layers must be in"):
+        main(["train", "x", "--reward", "ends-with", "--train-layers", "999", "--steps", "1"])

@@ -18,6 +18,7 @@ which are checked against the family's constructor before anything runs. ::
 
 Arguments that are models are given as paths (``kl``'s and ``fluency``'s ``reference``)
 or filled in with the policy (``topic``'s embeddings come from the model being decoded).
+In a config file, relative paths are relative to the file's folder.
 """
 
 from __future__ import annotations
@@ -31,21 +32,21 @@ def _words(arg: str) -> list[str]:
     return [w for w in arg.split(",") if w]
 
 
-# CLI name -> (class name in pd.rewards, how the text after ':' maps to keyword arguments)
+# CLI name -> (class name in pd.rewards, the text after ':' -> keyword arguments, its syntax)
 FAMILIES = {
-    "ends-with": ("EndsWith", lambda a: {"suffix": a} if a else {}),
-    "keywords": ("Keywords", lambda a: {"words": _words(a)}),
-    "words": ("WordList", lambda a: {"words": _words(a)}),
-    "repetition": ("Repetition", lambda a: {"n": int(a)} if a else {}),
-    "length": ("Length", lambda a: dict(zip(("min_tokens", "max_tokens"),
-                                            [int(x) if x else None for x in a.split(",")])) if a else {}),
-    "capitalization": ("Capitalization", lambda a: {}),
-    "sentiment": ("Sentiment", lambda a: {}),
-    "topic": ("Topic", lambda a: {"words": _words(a)}),
-    "fluency": ("Fluency", lambda a: {"reference": a} if a else {}),
-    "kl": ("KLPenalty", lambda a: {"reference": a} if a else {}),
-    "overlap": ("Overlap", lambda a: {"references": a} if a else {}),
-    "human": ("HumanFeedback", lambda a: {"ratings": a} if a else {}),
+    "ends-with": ("EndsWith", lambda a: {"suffix": a}, "ends-with[:SUFFIX] (default '.')"),
+    "keywords": ("Keywords", lambda a: {"words": _words(a)}, "keywords:WORD,WORD,..."),
+    "words": ("WordList", lambda a: {"words": _words(a)}, "words:WORD,WORD,..."),
+    "repetition": ("Repetition", lambda a: {"n": int(a)}, "repetition[:N] (repeated token N-grams, default 1)"),
+    "length": ("Length", lambda a: dict(zip(("min_tokens", "max_tokens"), [int(x) if x else None for x in a.split(",")])),
+               "length:MIN[,MAX] (tokens; either may be empty)"),
+    "capitalization": ("Capitalization", None, "capitalization (no arguments)"),
+    "sentiment": ("Sentiment", None, "sentiment (no arguments)"),
+    "topic": ("Topic", lambda a: {"words": _words(a)}, "topic:WORD,WORD,..."),
+    "fluency": ("Fluency", lambda a: {"reference": a}, "fluency[:MODEL_FOLDER] (default: the policy)"),
+    "kl": ("KLPenalty", lambda a: {"reference": a}, "kl:MODEL_FOLDER (the reference model)"),
+    "overlap": ("Overlap", lambda a: {"references": a}, "overlap:REFERENCE TEXT"),
+    "human": ("HumanFeedback", lambda a: {"ratings": a}, "human:RATINGS.jsonl"),
 }
 
 
@@ -53,18 +54,48 @@ def known() -> list[str]:
     return sorted(FAMILIES)
 
 
-def build(kind: str, kwargs: dict, model=None, where: str = "reward"):
-    """One family from its registry name and keyword arguments (checked against its signature)."""
-    from .. import models, rewards
+def syntax() -> str:
+    """Each family's ``--reward`` form, for help texts and errors."""
+    return "; ".join(FAMILIES[k][2] for k in known()) + "; any of them [=WEIGHT]"
 
+
+def check(kind: str, kwargs: dict, where: str = "reward") -> None:
+    """The family exists, its weight is a finite number and it takes these arguments: what
+    can be checked before any model is loaded."""
     if kind not in FAMILIES:
         raise ValueError(f"{where}: unknown reward {kind!r}; known: {', '.join(known())}")
-    cls = getattr(rewards, FAMILIES[kind][0])
-    kwargs = dict(kwargs)
     if "weight" in kwargs:
         w = kwargs["weight"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ValueError(f"{where}: weight must be a finite number, got {w!r}")
+    allowed, required = _parameters(kind)
+    extra = sorted(set(kwargs) - set(allowed))
+    if extra:
+        raise ValueError(f"{where}: {kind} takes {', '.join(allowed)}; got unknown {', '.join(extra)}")
+    missing = [n for n in required if n not in kwargs]
+    if missing:
+        raise ValueError(f"{where}: {kind} needs {', '.join(missing)} (the form is {FAMILIES[kind][2]})")
+
+
+def _parameters(kind: str) -> tuple[list[str], list[str]]:
+    """The family's keyword arguments, and those without a default (``human``'s file is its
+    ``ratings``; ``topic``'s model is the policy's)."""
+    from .. import rewards
+
+    cls = getattr(rewards, FAMILIES[kind][0])
+    factory = cls.from_ratings if kind == "human" else cls
+    params = {("ratings" if n == "path" else n): p for n, p in inspect.signature(factory).parameters.items()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in ("self", "model")}
+    return list(params), [n for n, p in params.items() if p.default is p.empty]
+
+
+def build(kind: str, kwargs: dict, model=None, where: str = "reward"):
+    """One family from its registry name and keyword arguments (checked against its signature)."""
+    from .. import models, rewards
+
+    check(kind, kwargs, where)
+    cls = getattr(rewards, FAMILIES[kind][0])
+    kwargs = dict(kwargs)
     if isinstance(kwargs.get("reference"), str):  # a model given by path
         kwargs["reference"], _ = models.load_model(kwargs["reference"] or None)
     if kind == "topic" and "embeddings" not in kwargs:
@@ -73,37 +104,51 @@ def build(kind: str, kwargs: dict, model=None, where: str = "reward"):
     if kind == "human":
         factory = cls.from_ratings
         kwargs["path"] = kwargs.pop("ratings", None)
-    allowed = [n for n, p in inspect.signature(factory).parameters.items()
-               if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"]
-    extra = sorted(set(kwargs) - set(allowed))
-    if extra:
-        raise ValueError(f"{where}: {kind} takes {', '.join(allowed)}; got unknown {', '.join(extra)}")
     try:
         return factory(**kwargs)
     except TypeError as e:  # a missing required argument
         raise ValueError(f"{where}: {kind}: {e}") from e
 
 
-def from_spec(spec: str, model=None):
-    """``name[:args][=weight]`` -> a family, e.g. ``keywords:apple,orange=0.5``."""
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``name[:args][=weight]`` -> ``(name, keyword arguments)``, checked, no model needed."""
+    where = f"--reward {spec}"
     body, weight = spec, None
     head, sep, tail = spec.rpartition("=")
     if sep:
         try:
             weight, body = float(tail), head
         except ValueError:
-            pass  # an '=' inside the arguments
-    name, _, arg = body.partition(":")
+            if ":" not in head:  # no arguments an '=' could belong to
+                raise ValueError(f"{where}: the weight after '=' must be a number, got {tail!r}") from None
+    name, colon, arg = body.partition(":")
     if name not in FAMILIES:
-        raise ValueError(f"--reward {spec}: unknown reward {name!r}; known: {', '.join(known())}")
-    kwargs = FAMILIES[name][1](arg)
+        raise ValueError(f"{where}: unknown reward {name!r}; known: {', '.join(known())}")
+    _, parse, form = FAMILIES[name]
+    if colon and not arg:
+        raise ValueError(f"{where}: nothing after ':' (the form is {form})")
+    if arg and parse is None:
+        raise ValueError(f"{where}: {name} takes no arguments, got {arg!r}")
+    try:
+        kwargs = parse(arg) if arg else {}
+    except ValueError as e:
+        raise ValueError(f"{where}: cannot read {arg!r} (the form is {form}): {e}") from None
     if weight is not None:
         kwargs["weight"] = weight
+    check(name, kwargs, where)
+    return name, kwargs
+
+
+def from_spec(spec: str, model=None):
+    """``name[:args][=weight]`` -> a family, e.g. ``keywords:apple,orange=0.5``."""
+    name, kwargs = parse_spec(spec)
     return build(name, kwargs, model, where=f"--reward {spec}")
 
 
-def from_config(path, model=None) -> list:
-    """The families listed as ``[[reward]]`` tables in a TOML file."""
+def read_config(path) -> list[tuple[str, dict, str]]:
+    """The ``[[reward]]`` tables of a TOML file as ``(kind, keyword arguments, where)``,
+    checked, no model needed. Relative file and model paths (``ratings``, ``reference``) are
+    relative to the config file's folder, so the file works from any working directory."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -121,9 +166,18 @@ def from_config(path, model=None) -> list:
         raise ValueError(f"rewards config {path}: expected one or more [[reward]] tables and nothing else")
     out = []
     for i, entry in enumerate(entries, 1):
-        entry = dict(entry)
+        entry, where = dict(entry), f"rewards config {path}, reward #{i}"
         kind = entry.pop("type", None)
         if kind is None:
-            raise ValueError(f"rewards config {path}: reward #{i} has no 'type' (known: {', '.join(known())})")
-        out.append(build(kind, entry, model, where=f"rewards config {path}, reward #{i}"))
+            raise ValueError(f"{where} has no 'type' (known: {', '.join(known())})")
+        for key in ("ratings", "reference"):
+            if isinstance(entry.get(key), str) and entry[key] and not Path(entry[key]).is_absolute():
+                entry[key] = str(path.parent / entry[key])
+        check(kind, entry, where)
+        out.append((kind, entry, where))
     return out
+
+
+def from_config(path, model=None) -> list:
+    """The families listed as ``[[reward]]`` tables in a TOML file."""
+    return [build(kind, kwargs, model, where) for kind, kwargs, where in read_config(path)]
