@@ -164,6 +164,7 @@ BAD = [
     (dict(repetition_penalty=0.0), ValueError, "repetition_penalty"),
     (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
     (dict(num_beams=2), ValueError, "num_beams"),
+    (dict(num_return_sequences=0), ValueError, "num_return_sequences"),  # HF makes it 1
     (dict(logits_processor=[object()]), ValueError, "logits_processor"),
     (dict(synced_gpus=True), ValueError, "synced_gpus"),
     (dict(generation_config=GenerationConfig(token_healing=True)), ValueError, "token_healing"),

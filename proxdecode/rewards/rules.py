@@ -32,9 +32,10 @@ class EndsWith(Reward):
     A suffix may span tokens ("end." as " end" + "."): the row state is which prefixes
     ``suffix[:j]`` the text ends with (``E[:, j]``, ``E[:, 0]`` always true), and a token of
     text ``t`` leads to ``E'[j] = t.endswith(suffix[:j])`` when ``len(t) >= j``, else
-    ``suffix[:j].endswith(t) and E[j - len(t)]``: two ``[V, L]`` tables, one gather a step.
-    Token texts are byte-level BPE's per-token decodings, so a suffix character split over
-    several byte tokens (most emoji) is never seen whole.
+    ``suffix[:j].endswith(t) and E[j - len(t)]``: two ``[V, L]`` tables, and a step's
+    ``[B, V]`` score is one small matrix product. Token texts are byte-level BPE's per-token
+    decodings, so a suffix character split over several byte tokens (most emoji) is never
+    seen whole.
     """
 
     default_name = "ends_with"
@@ -65,22 +66,26 @@ class EndsWith(Reward):
         pad = ctx.vocab - self._full.shape[0]  # padding rows of the model's vocab add no text
         E = torch.zeros(ctx.batch, L + 2, dtype=torch.bool, device=ctx.device)  # [B, L + 2]
         E[:, 0] = True
-        return {"E": E,
-                "full": torch.cat([self._full, self._full.new_zeros(pad, L)]).to(ctx.device),
-                "need": torch.cat([self._need, torch.arange(1, L + 1).repeat(pad, 1)]).to(ctx.device)}
+        full = torch.cat([self._full, self._full.new_zeros(pad, L)])  # [V, L]
+        need = torch.cat([self._need, torch.arange(1, L + 1).repeat(pad, 1)])  # [V, L]
+        # the last column as one matmul for the [B, V] score: 1 where the token alone ends
+        # the text with the suffix, plus E[need] read through a one-hot [L + 2, V] selector
+        # (a gather would read a [B, V] int64 index: 8x the bytes of the score)
+        select = torch.nn.functional.one_hot(need[:, -1], L + 2).T.float()  # [L + 2, V]
+        return {"E": E, "full": full.to(ctx.device), "need": need.to(ctx.device),
+                "full_last": full[:, -1].float().to(ctx.device), "select": select.to(ctx.device)}
 
     def ends(self, st) -> torch.Tensor:
         """``[B]`` bool: the text so far ends with the suffix."""
         return st["E"][:, len(self.suffix)]
 
     def ends_after(self, st) -> torch.Tensor:
-        """``[B, V]`` bool: the text would end with the suffix after each candidate."""
-        E = st["E"]  # [B, L + 2]
-        need = st["need"][:, -1]  # [V]
-        return st["full"][:, -1][None, :] | E.gather(1, need[None, :].expand(E.shape[0], -1))
+        """``[B, V]`` float, 0 or 1: the text would end with the suffix after each candidate
+        (the two terms never overlap: a token that ends it alone reads E's false column)."""
+        return st["full_last"][None, :] + st["E"].float() @ st["select"]
 
     def score(self, st, logits):
-        return self.ends_after(st).float() - self.ends(st).float()[:, None]  # [B, V]
+        return self.ends_after(st) - self.ends(st).float()[:, None]  # [B, V]
 
     def update(self, st, tokens, alive):
         E = st["E"]
@@ -192,7 +197,7 @@ class Keywords(Reward):
             gain = self._phi(now + new) - self._phi(now)  # [B, U]
             out = torch.zeros(covered.shape[0], logits.shape[1], device=logits.device)
             return out.index_copy_(1, st["lasts"], gain)  # [B, V]
-        ends_after = self._gate.ends_after(st["gate"]).float()  # [B, V]
+        ends_after = self._gate.ends_after(st["gate"])  # [B, V]
         V = ends_after.shape[1]
         phi_after = self._phi(now).expand(-1, V).clone()  # [B, V] coverage after each candidate
         phi_after.index_copy_(1, st["lasts"], self._phi(now + new))
