@@ -261,7 +261,8 @@ def main():
         rewards_batch = 2
     else:
         shapes, one_shape = {"B": [1, 64, 256], "V": [49152, 128256, 151936]}, (64, 151936)
-        models, batches, new_tokens, reps, model_dtype = ["smollm2-135m", "llama-1b"], [1, 64, 256], 32, 3, torch.bfloat16
+        models, batches = ["smollm2-135m", "llama-1b"], [1, 64, 256]
+        new_tokens, reps, model_dtype = 32, 3, torch.bfloat16
         rewards_batch = 8  # issue 3's batch
     dtypes = [torch.float32, torch.bfloat16]
     steps = [("check", "step", lambda: section_check(rec, shapes, dtypes, one_shape)),

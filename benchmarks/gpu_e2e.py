@@ -13,6 +13,7 @@ import torch
 
 from gpu_step import DEV, MAIN, sync
 
+
 def count_host_syncs(fn) -> dict:
     """The synchronising CUDA calls of one ``fn()`` (a ``generate`` call), counted with torch's
     sync debug mode (one warning each: a stream sync, a blocking copy, a value read back):
@@ -159,10 +160,10 @@ def section_e2e(rec, models, batches, new_tokens, reps, model_dtype, smoke):
                     return res
                 need = 20 if smoke else (15 + 0.1 * B) * (1 if shape != "llama-1b" else 1.5)
                 need += 120 if shape == models[0] and B == batches[1] else 0  # the compiles
-                rec.guarded("e2e", "e2e", {"model": shape, "B": B, "rewards": rewards_on,
-                                           "settings": dict(MAIN, max_new_tokens=new_tokens, steer=2.0 if rewards_on else 0.0),
+                settings = dict(MAIN, max_new_tokens=new_tokens, steer=2.0 if rewards_on else 0.0)
+                rec.guarded("e2e", "e2e", {"model": shape, "B": B, "rewards": rewards_on, "settings": settings,
                                            "model_dtype": str(model_dtype).split(".")[-1]}, run, need_s=need)
-        del model, tok
+        model = tok = None  # free the weights before the next shape loads
         loaded.clear()
         if DEV == "cuda":
             torch.cuda.empty_cache()

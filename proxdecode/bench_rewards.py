@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from .bench import PROMPTS, SETTINGS, _alternating, _inputs, _machine, _sync
+from .bench import SETTINGS, _alternating, _inputs, _machine, _sync
 
 TOP_CANDIDATES = 20
 

@@ -7,8 +7,8 @@
     proxdecode rate --out ratings.jsonl      # rate continuations 1-5, for HumanFeedback
     proxdecode train "Today is a" --reward sentiment --steps 10 --log metrics.jsonl
 
-A reward is ``name[:args][=weight]`` (or a ``--rewards rewards.toml`` file); ``--json`` prints one JSON document instead of the
-coloured view.
+A reward is ``name[:args][=weight]`` (or a ``--rewards rewards.toml`` file); ``--json``
+prints one JSON document instead of the coloured view.
 """
 
 from __future__ import annotations
@@ -125,12 +125,11 @@ def cmd_demo(args):
 
 
 def cmd_bench(args):
+    import torch
     from rich.console import Console
     from rich.table import Table
 
     from . import bench
-
-    import torch
 
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this torch sees no CUDA device")

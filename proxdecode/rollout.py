@@ -2,10 +2,10 @@
 
 It subclasses HF's ``GenerateDecoderOnlyOutput``, what ``model.generate`` returns with
 ``return_dict_in_generate=True``, so code written for that keeps working (``isinstance``,
-``out.sequences``, ``out.scores``, ``out["sequences"]``; ``logits``, ``attentions``,
-``hidden_states`` and the cache stay None: asking for the first three raises in
-``generate``, and the engine keeps its cache), and it carries what an on-policy trainer needs per generated
-token, aligned on ``[B, T]``.
+``out.sequences``, ``out.scores``, ``out["sequences"]``). Its ``logits``, ``attentions``,
+``hidden_states`` and cache stay None: ``generate`` refuses ``output_logits`` and the like,
+and the engine keeps its cache. It also carries what an on-policy trainer needs per
+generated token, aligned on ``[B, T]``.
 """
 
 from __future__ import annotations

@@ -262,7 +262,7 @@ class Overlap(Reward):
         return st["correct"][:, -1] / st["ref_grams"][:, -1]
 
     def score(self, st, logits):
-        B, V = st["hist"].shape[0], st["base"].numel() - 1  # V: the model's logits per row
+        V = st["base"].numel() - 1  # the model's logits per row
         if logits.shape[1] != V:
             raise ValueError(f"Overlap: logits have {logits.shape[1]} columns, the call was set up for {V}")
         idx, bit = [], []
