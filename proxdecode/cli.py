@@ -241,6 +241,16 @@ def _bench_rewards(args):
     print(json.dumps(res))
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default where it says something: not None, False or [], and not twice."""
+
+    def _get_help_string(self, action):
+        empty = action.default is None or action.default is False or action.default == []
+        if empty or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def at_least(low: int):
     """argparse type: an integer >= ``low``, refused before any model loads."""
     def parse(text):
@@ -273,9 +283,10 @@ def number(low=None, high=None, low_open=False):
 
 def _sampling_args(p, n=1):
     p.add_argument("--model", default=None, help="local HF model folder (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the model's weights")
     p.add_argument("-n", type=at_least(1), default=n, help="completions per prompt")
-    p.add_argument("--max-new-tokens", type=at_least(1), default=32)
+    p.add_argument("--max-new-tokens", type=at_least(1), default=32, help="tokens per completion, at most")
     p.add_argument("--temperature", type=number(0.0, low_open=True), default=1.0, help="> 0")
     p.add_argument("--top-k", type=at_least(0), default=50, help="0: no top-k")
     p.add_argument("--top-p", type=number(0.0, 1.0, low_open=True), default=1.0, help="in (0, 1]; 1: no top-p")
@@ -313,7 +324,7 @@ def _engine(args) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="proxdecode", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    fmt = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fmt = dict(formatter_class=_Help)
     steer = dict(type=number(), help="beta: sample from softmax(z / T + beta * R) inside the candidate set; "
                                       "0 is plain sampling")
     g = sub.add_parser("generate", help="generate and show per-token rewards", **fmt)
@@ -326,11 +337,12 @@ def main(argv=None):
     d.add_argument("--steer", default=2.0, **steer)
     _sampling_args(d, n=3)
     b = sub.add_parser("bench", help="tokens/s against model.generate", **fmt)
-    b.add_argument("--batch", type=at_least(1), nargs="+", default=[1, 8, 32])
-    b.add_argument("--new-tokens", type=at_least(1), default=64)
+    b.add_argument("--batch", type=at_least(1), nargs="+", default=[1, 8, 32], help="batch sizes to time")
+    b.add_argument("--new-tokens", type=at_least(1), default=64, help="tokens per row, exactly")
     b.add_argument("--runs", type=at_least(1), default=3, help="alternating runs; the median counts")
-    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the model's weights")
+    b.add_argument("--device", default="cpu", help="cpu or cuda")
     b.add_argument("--cache", choices=["static", "dynamic"], default=None,
                    help="pd.generate's KV cache (default: static)")
     b.add_argument("--cache-ab", action="store_true",
@@ -347,15 +359,15 @@ def main(argv=None):
     t.add_argument("--model", default=None, help="local HF model folder (default: SmolLM2-135M-Instruct)")
     t.add_argument("--steps", type=at_least(1), default=10, help="updates (each a rollout of every prompt)")
     t.add_argument("--group-size", type=at_least(1), default=4, help="completions per prompt per update")
-    t.add_argument("--max-new-tokens", type=at_least(1), default=32)
+    t.add_argument("--max-new-tokens", type=at_least(1), default=32, help="tokens per completion, at most")
     t.add_argument("--lr", type=number(0.0, 1.0, low_open=True), default=1e-5, help="AdamW learning rate")
-    t.add_argument("--algo", choices=["reinforce", "ppo"], default="ppo")
+    t.add_argument("--algo", choices=["reinforce", "ppo"], default="ppo", help="the policy-gradient loss")
     t.add_argument("--gamma", type=number(0.0, 1.0), default=1.0, help="discount of the returns, in [0, 1]")
     t.add_argument("--steer", default=0.0, **steer)
     t.add_argument("--entropy-coef", type=number(0.0), default=0.0, help="weight of the entropy bonus")
     t.add_argument("--sparse", action="store_true", help="give each row's reward sum on its last token only")
     t.add_argument("--train-layers", type=at_least(0), default=0, help="train only the last N layers (0: all)")
-    t.add_argument("--seed", type=at_least(0), default=0)
+    t.add_argument("--seed", type=at_least(0), default=0, help="update s samples with seed + 1000 * s")
     t.add_argument("--log", default=None, help="append per-step metrics here (JSONL)")
     _engine_args(t)
     t.add_argument("--save", default=None, help="save the trained model and tokenizer here")
