@@ -13,8 +13,9 @@ PY="${PYTHON:-python}"
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
 if compgen -G ".whl/*.whl" >/dev/null; then  # textblob + nltk for the rewards section
     SITE="$(mktemp -d)"
+    trap 'rm -rf "$SITE"' EXIT
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl \
         && export PYTHONPATH="$PYTHONPATH:$SITE"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
-exec timeout --signal=INT --kill-after=20 540 "$PY" benchmarks/gpu.py "$@"
+timeout --signal=INT --kill-after=20 540 "$PY" benchmarks/gpu.py "$@"  # not exec: the trap cleans up

@@ -169,7 +169,6 @@ def section_e2e(rec, models, batches, new_tokens, reps, model_dtype, smoke):
             torch.cuda.empty_cache()
 
 
-
 def section_rewards(rec, shape, batch, new_tokens, reps, model_dtype, smoke):
     """Issue 3's speed rows on the GPU: ``proxdecode.bench_rewards.rewards_speed`` (the code of
     ``proxdecode bench --rewards``) on a random-weight model of the default model's shape.

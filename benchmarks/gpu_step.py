@@ -13,7 +13,7 @@ import time
 
 import torch
 
-# Triton's interpreter (the --smoke run) runs kernels on host tensors: the CPU then
+# Triton's interpreter (the --smoke run) runs kernels on host tensors, so it runs on the CPU
 DEV = "cuda" if (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1") else "cpu"
 MAIN = dict(top_k=50, top_p=0.9, temperature=0.8)  # the benchmark's sampling settings
 OUT_BYTES_PER_ROW = 8 + 4 + 4 + 1  # token, logprob, policy logprob, valid

@@ -131,8 +131,15 @@ def cmd_bench(args):
 
     from . import bench
 
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {args.device!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this torch sees no CUDA device")
+    if (args.rewards or args.steering) and (device.type != "cpu" or args.dtype != "float32"):
+        raise ValueError("--rewards and --steering run the default model in float32 on the CPU "
+                         "(benchmarks/gpu.sh measures the rewards on a GPU); drop --device and --dtype")
     if args.rewards or args.steering:
         return _bench_rewards(args)
     if args.cache_ab:
@@ -222,7 +229,8 @@ def _bench_rewards(args):
                       f"{res['rewards_vs_seed_style']:.2f}x end to end, {res['reward_step_speedup']:.0f}x "
                       f"on the reward work alone")
         console.print("the step after the forward (rewards + sampling + bookkeeping), ms: "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in res["step_after_forward_ms"].items()))
+                      + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k}: {v}"
+                                  for k, v in res["step_after_forward_ms"].items()))
     else:
         res = bench_rewards.steering(engine=_engine(args))
         t = Table(title="Sentiment steering, default model, 64 continuations a cell")

@@ -117,7 +117,10 @@ class DecodeConfig:
         passed_gc = kwargs.get("generation_config")
         hf_kwargs = {k: v for k, v in kwargs.items()
                      if k not in ("generation_config", "streamer", "tokenizer") and k not in _INERT_CALL_ARGS}
-        gc, _ = model._prepare_generation_config(passed_gc, **hf_kwargs)
+        gc, left = model._prepare_generation_config(passed_gc, **hf_kwargs)
+        if left:  # not GenerationConfig fields in this transformers version: they would do nothing
+            raise TypeError(f"pd.generate: {sorted(left)} are not generation arguments of transformers "
+                            f"{_transformers_version()}")
         for name, inactive in _INACTIVE_WHEN.items():
             value = getattr(gc, name, None)
             if not _is_inert(value, inactive):
@@ -249,6 +252,12 @@ def _decide_compile(model, gc, cache_impl, compile) -> bool:
     devices = set(getattr(model, "hf_device_map", {}).values())
     offloaded = "disk" in devices or ("cpu" in devices and len(devices) > 1)
     return hardware and (quantizer is None or quantizer.is_compileable) and not offloaded
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _is_inert(value, inert: tuple) -> bool:

@@ -157,10 +157,11 @@ def _hf_inputs(model, input_ids, attention_mask, kwargs: dict):
     none at all (one row of ``bos_token_id``). Moves ``generation_config`` into ``kwargs``."""
     from transformers import GenerationConfig
 
-    if "inputs" in kwargs:
+    inputs = kwargs.pop("inputs", None)
+    if inputs is not None:
         if input_ids is not None:
             raise TypeError("pd.generate: got both input_ids and inputs (HF's name for the same); pass one")
-        input_ids = kwargs.pop("inputs")
+        input_ids = inputs
     if isinstance(attention_mask, GenerationConfig):
         if kwargs.get("generation_config") is not None:
             raise TypeError("pd.generate: generation_config given twice (positionally and by keyword)")

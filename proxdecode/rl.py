@@ -114,7 +114,7 @@ def completion_logprobs(model, rollout, entropy: str | None = None):
     if entropy is None:
         return logp, None
     with torch.set_grad_enabled(entropy == "loss" and torch.is_grad_enabled()):
-        return logp, -(lsm.exp() * lsm).sum(-1)  # [B, T]
+        return logp, torch.special.entr(lsm.exp()).sum(-1)  # [B, T]; -p log p, 0 where p = 0
 
 
 def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, kl_coef: float = 0.0,

@@ -41,6 +41,7 @@ def test_hf_ways_to_pass_prompt_and_config(tiny, enc):
     _same(pd.generate(model, ids, gc), model.generate(ids, gc))  # generate(inputs, generation_config)
     _same(pd.generate(model, inputs=ids, max_new_tokens=6), model.generate(inputs=ids, max_new_tokens=6))
     _same(pd.generate(model, max_new_tokens=6), model.generate(max_new_tokens=6))  # from BOS
+    _same(pd.generate(model, input_ids=ids, inputs=None, max_new_tokens=6), model.generate(ids, max_new_tokens=6))
     with pytest.raises(TypeError, match="inputs"):
         pd.generate(model, ids, inputs=ids, max_new_tokens=2)
 

@@ -78,6 +78,19 @@ def test_keywords_ignore_case_does_not_depend_on_how_the_word_is_written(tiny, w
     assert totals["keywords"].tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
 
 
+@pytest.mark.parametrize("ignore_case", [False, True])
+def test_keywords_know_a_split_word_in_its_own_inner_capitals(tiny, ignore_case):
+    """"OpenAI" is "Open" + "AI", "GitHub" at the start of a text "Git" + "Hub"."""
+    _, tok = tiny
+    texts = ["I use OpenAI", "OpenAI is here", "GitHub is here", "i use openai"]
+    rewards = pd.Rewards(tok, [Keywords(["OpenAI", "GitHub"], ignore_case=ignore_case)])
+    totals, ids = teacher_force(rewards, tok, texts)
+    fold = str.lower if ignore_case else (lambda x: x)
+    want = [sum(fold(w) in fold(tok.decode(i, skip_special_tokens=True)) for w in ("OpenAI", "GitHub")) / 2
+            for i in ids]
+    assert totals["keywords"].tolist() == pytest.approx(want)
+
+
 @pytest.mark.parametrize("require_all,ignore_case", [(False, False), (True, False), (False, True)])
 def test_keywords_track_word_in_text(tiny, require_all, ignore_case):
     _, tok = tiny

@@ -164,6 +164,8 @@ def test_registry_builds_families_by_name_and_from_toml(tiny, tmp_path):
     ('[[reward]\n', "not valid TOML"),
     ('import_this = "os"\n', "expected one or more"),
     ('[[reward]]\ntype = "keywords"\n', "keywords needs words"),
+    ('[[reward]]\ntype = "fluency"\nreference = ""\n', "reference must be a model folder"),
+    ('[[reward]]\ntype = "repetition"\nn = 0\n', "n must be an int >= 1"),
 ])
 def test_bad_reward_configs(tmp_path, text, match):
     cfg = tmp_path / "rewards.toml"

@@ -32,15 +32,20 @@ def _words(arg: str) -> list[str]:
     return [w for w in arg.split(",") if w]
 
 
+def _lengths(arg: str) -> dict:
+    parts = arg.split(",")
+    if len(parts) > 2:
+        raise ValueError(f"at most MIN,MAX, got {len(parts)} numbers")
+    return {k: int(x) if x else None for k, x in zip(("min_tokens", "max_tokens"), parts)}
+
+
 # CLI name -> (class name in pd.rewards, the text after ':' -> keyword arguments, its syntax)
 FAMILIES = {
     "ends-with": ("EndsWith", lambda a: {"suffix": a}, "ends-with[:SUFFIX] (default '.')"),
     "keywords": ("Keywords", lambda a: {"words": _words(a)}, "keywords:WORD,WORD,..."),
     "words": ("WordList", lambda a: {"words": _words(a)}, "words:WORD,WORD,..."),
     "repetition": ("Repetition", lambda a: {"n": int(a)}, "repetition[:N] (repeated token N-grams, default 1)"),
-    "length": ("Length", lambda a: dict(zip(("min_tokens", "max_tokens"),
-                                            [int(x) if x else None for x in a.split(",")])),
-               "length:MIN[,MAX] (tokens; either may be empty)"),
+    "length": ("Length", _lengths, "length:MIN[,MAX] (tokens; either may be empty)"),
     "capitalization": ("Capitalization", None, "capitalization (no arguments)"),
     "sentiment": ("Sentiment", None, "sentiment (no arguments)"),
     "topic": ("Topic", lambda a: {"words": _words(a)}, "topic:WORD,WORD,..."),
@@ -111,6 +116,17 @@ def build(kind: str, kwargs: dict, model=None, where: str = "reward"):
         raise ValueError(f"{where}: {kind}: {e}") from e
 
 
+def _try(kind: str, kwargs: dict, where: str) -> None:
+    """Build the family once, without a model, so its own checks run before any model loads
+    (families that take a model or a model path are built later, with it)."""
+    if kind in ("kl", "fluency", "topic"):
+        return
+    try:
+        build(kind, kwargs, None, where)
+    except ValueError as e:
+        raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
 def parse_spec(spec: str) -> tuple[str, dict]:
     """``name[:args][=weight]`` -> ``(name, keyword arguments)``, checked, no model needed."""
     where = f"--reward {spec}"
@@ -137,6 +153,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     if weight is not None:
         kwargs["weight"] = weight
     check(name, kwargs, where)
+    _try(name, kwargs, where)
     return name, kwargs
 
 
@@ -171,10 +188,13 @@ def read_config(path) -> list[tuple[str, dict, str]]:
         kind = entry.pop("type", None)
         if kind is None:
             raise ValueError(f"{where} has no 'type' (known: {', '.join(known())})")
+        if entry.get("reference") == "":
+            raise ValueError(f"{where}: reference must be a model folder (leave it out for the policy)")
         for key in ("ratings", "reference"):
             if isinstance(entry.get(key), str) and entry[key] and not Path(entry[key]).is_absolute():
                 entry[key] = str(path.parent / entry[key])
         check(kind, entry, where)
+        _try(kind, entry, where)
         out.append((kind, entry, where))
     return out
 

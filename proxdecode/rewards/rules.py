@@ -51,14 +51,19 @@ class EndsWith(Reward):
         s, L = self.suffix, len(self.suffix)
         full = torch.zeros(len(strings), L, dtype=torch.bool)  # [V, L] the token alone ends with s[:j]
         need = torch.arange(1, L + 1).repeat(len(strings), 1)  # [V, L] else: E[need] carries over
+        texts = [not special[a] and bool(t) for a, t in enumerate(strings)]
+        need[torch.tensor(texts)] = L + 1  # text that cannot end with any s[:j]: E[L + 1] is false
+        ends_at: dict[str, list[int]] = {}  # character -> the j whose s[:j] ends with it
+        for j in range(1, L + 1):
+            ends_at.setdefault(s[j - 1], []).append(j)
         for a, t in enumerate(strings):
-            if special[a] or not t:
+            if not texts[a]:
                 continue  # no text: every E[j] stays (need = j)
-            for j in range(1, L + 1):
+            for j in ends_at.get(t[-1], ()):  # other j: s[:j] and t end differently
                 if len(t) >= j:
-                    full[a, j - 1], need[a, j - 1] = t.endswith(s[:j]), L + 1  # E[L + 1] is false
-                else:
-                    need[a, j - 1] = j - len(t) if s[:j].endswith(t) else L + 1
+                    full[a, j - 1], need[a, j - 1] = t.endswith(s[:j]), L + 1
+                elif s[:j].endswith(t):
+                    need[a, j - 1] = j - len(t)
         self._full, self._need = full, need
 
     def init(self, ctx):
@@ -108,9 +113,9 @@ class Keywords(Reward):
     text contains it (" apple", " apples", "pineapple"'s "apple"), or once the tokens of its
     canonical spelling ("word", " word") end with the chosen one (words split over tokens).
     ``ignore_case`` compares lower-cased text; the spellings it knows for split words are
-    then the word in lower case, capitalised, title case and upper case. Potential ``Phi`` = fraction of the words
-    mentioned (``require_all=False``) or 1 once all are (``require_all=True``, the seed's
-    rule); a candidate scores ``Phi(after a) - Phi(now)``, so a row's rewards sum to
+    then the word as given, in lower case, capitalised, title case and upper case.
+    Potential ``Phi`` = fraction of the words mentioned (``require_all=False``) or 1 once all
+    are (``require_all=True``, the seed's rule); a candidate scores ``Phi(after a) - Phi(now)``, so a row's rewards sum to
     ``Phi`` of its completion. Oracle: ``word in text`` on the decoded completion. They
     differ only when the text spells a word with tokens other than its canonical ones.
 
@@ -144,7 +149,7 @@ class Keywords(Reward):
                         hits.setdefault(i, set()).add(k)
         variants: dict[tuple[int, ...], set[int]] = {}  # multi-token spellings -> words
         for k, w in enumerate(self.words):
-            cases = {w.lower(), w.capitalize(), w.title(), w.upper()} if self.ignore_case else {w}
+            cases = {w, w.lower(), w.capitalize(), w.title(), w.upper()} if self.ignore_case else {w}
             for form in cases | {" " + c for c in cases}:
                 ids = tuple(tokenizer.encode(form, add_special_tokens=False))
                 if len(ids) > 1:
