@@ -115,8 +115,8 @@ class Keywords(Reward):
     ``ignore_case`` compares lower-cased text; the spellings it knows for split words are
     then the word as given, in lower case, capitalised, title case and upper case.
     Potential ``Phi`` = fraction of the words mentioned (``require_all=False``) or 1 once all
-    are (``require_all=True``, the seed's rule); a candidate scores ``Phi(after a) - Phi(now)``, so a row's rewards sum to
-    ``Phi`` of its completion. Oracle: ``word in text`` on the decoded completion. They
+    are (``require_all=True``, the seed's rule); a candidate scores ``Phi(after a) -
+    Phi(now)``, so a row's rewards sum to ``Phi`` of its completion. Oracle: ``word in text`` on the decoded completion. They
     differ only when the text spells a word with tokens other than its canonical ones.
 
     ``only_if_ends_with=s`` counts the coverage only while the completion ends with ``s``
