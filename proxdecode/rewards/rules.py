@@ -116,8 +116,9 @@ class Keywords(Reward):
     then the word as given, in lower case, capitalised, title case and upper case.
     Potential ``Phi`` = fraction of the words mentioned (``require_all=False``) or 1 once all
     are (``require_all=True``, the seed's rule); a candidate scores ``Phi(after a) -
-    Phi(now)``, so a row's rewards sum to ``Phi`` of its completion. Oracle: ``word in text`` on the decoded completion. They
-    differ only when the text spells a word with tokens other than its canonical ones.
+    Phi(now)``, so a row's rewards sum to ``Phi`` of its completion. Oracle: ``word in
+    text`` on the decoded completion. They differ only when the text spells a word with
+    tokens other than its canonical ones.
 
     ``only_if_ends_with=s`` counts the coverage only while the completion ends with ``s``
     (``Phi = Phi_words * [text ends with s]``): with ``EndsWith(s)`` beside it, the sum is
