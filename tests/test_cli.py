@@ -65,6 +65,7 @@ def test_engine_flags_reach_generate(real, capsys, packed_calls):
     (["generate", "x", "--reward", "keywords:,"], "words must be a non-empty list"),
     (["generate", "x", "--reward", "repetition:0"], "n must be an int >= 1"),
     (["generate", "x", "--reward", "length:1,2,3"], "at most MIN,MAX"),
+    (["generate", "x", "--reward", "fluency:/no/such/model"], "reference '/no/such/model': no such model folder"),
     (["train", "x", "--reward", "sentiment", "--lr", "0"], r"--lr: must be a finite number in \(0, 1\]"),
     (["bench", "--rewards", "--dtype", "bfloat16"], "run the default model in float32 on the CPU"),
     (["bench", "--device", "gpu"], "--device 'gpu'"),

@@ -120,6 +120,9 @@ def _try(kind: str, kwargs: dict, where: str) -> None:
     """Build the family once, without a model, so its own checks run before any model loads
     (families that take a model or a model path are built later, with it)."""
     if kind in ("kl", "fluency", "topic"):
+        ref = kwargs.get("reference")
+        if isinstance(ref, str) and not Path(ref).is_dir():
+            raise ValueError(f"{where}: reference {ref!r}: no such model folder")
         return
     try:
         build(kind, kwargs, None, where)
