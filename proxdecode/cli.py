@@ -192,10 +192,11 @@ def cmd_train(args):
             p.requires_grad_(False)
         for p in [*model.model.layers[-args.train_layers:].parameters(), *model.model.norm.parameters()]:
             p.requires_grad_(True)
+    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p") if getattr(args, k) is not None}
     hist = pd.rl.train(model, tok, args.prompts, pd.Rewards(tok, families), args.steps,
                        group_size=args.group_size, max_new_tokens=args.max_new_tokens, lr=args.lr,
                        algo=args.algo, gamma=args.gamma, steer=args.steer, sparse=args.sparse,
-                       entropy_coef=args.entropy_coef,
+                       entropy_coef=args.entropy_coef, **sampling,
                        seed=args.seed, log_path=args.log, **_engine(args))
     console = Console(stderr=True)
     for h in hist:
@@ -372,6 +373,10 @@ def main(argv=None):
     t.add_argument("--algo", choices=["reinforce", "ppo"], default="ppo", help="the policy-gradient loss")
     t.add_argument("--gamma", type=number(0.0, 1.0), default=1.0, help="discount of the returns, in [0, 1]")
     t.add_argument("--steer", default=0.0, **steer)
+    as_model = " (default: the model's generation config)"
+    t.add_argument("--temperature", type=number(0.0, low_open=True), help="the rollouts' temperature, > 0" + as_model)
+    t.add_argument("--top-k", type=at_least(0), help="the rollouts' top-k, 0: none" + as_model)
+    t.add_argument("--top-p", type=number(0.0, 1.0, low_open=True), help="the rollouts' top-p, in (0, 1]" + as_model)
     t.add_argument("--entropy-coef", type=number(0.0), default=0.0, help="weight of the entropy bonus")
     t.add_argument("--sparse", action="store_true", help="give each row's reward sum on its last token only")
     t.add_argument("--train-layers", type=at_least(0), default=0, help="train only the last N layers (0: all)")

@@ -104,3 +104,16 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     [(kind, kwargs, _)] = registry.read_config(tmp_path / "rewards.toml")
     assert kind == "human" and kwargs["ratings"] == str(tmp_path / "ratings.jsonl")
     assert registry.from_config(tmp_path / "rewards.toml")[0].ratings[0] == ("I like apples.", 5)
+
+
+def test_train_passes_the_rollouts_sampling_options(tiny, monkeypatch):
+    """--temperature/--top-k/--top-p reach pd.rl.train; left out, the model's config decides."""
+    import proxdecode as pd
+
+    seen = []
+    monkeypatch.setattr(pd, "load_model", lambda *a, **k: tiny)
+    monkeypatch.setattr(pd.rl, "train", lambda *a, **k: seen.append(k) or [])
+    main(["train", "x", "--reward", "ends-with", "--top-k", "5", "--temperature", "0.7"])
+    main(["train", "x", "--reward", "ends-with"])
+    assert (seen[0]["top_k"], seen[0]["temperature"]) == (5, 0.7) and "top_p" not in seen[0]
+    assert not {"top_k", "temperature", "top_p"} & set(seen[1])
