@@ -57,7 +57,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     _check(rewards, mask, gamma)
     _check(values, mask, lam, "lam")
     m = mask.float()
-    r, v = rewards.float() * m, values.float() * m
+    r, v = torch.where(mask, rewards.float(), 0.0), torch.where(mask, values.float(), 0.0)  # NaN off the mask too
     adv = torch.zeros_like(r)
     running = torch.zeros_like(r[:, 0])
     for t in range(r.shape[1] - 1, -1, -1):
@@ -68,16 +68,20 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + v) * m
 
 
-def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6,
-                     scale: bool = True) -> torch.Tensor:
-    """GRPO advantages: each score minus its group's mean, over the group's std if ``scale``.
+def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4,
+                     scale: bool | str = True) -> torch.Tensor:
+    """GRPO advantages as TRL's ``GRPOTrainer`` computes them: each score minus its group's
+    mean, over the group's std plus ``eps`` when scaled.
 
     Args:
         scores: ``[N]`` float, one per completion; groups are consecutive runs of
-            ``group_size`` (the order ``num_return_sequences`` produces).
+            ``group_size`` (the order ``num_return_sequences`` produces). NaN marks a
+            completion nothing could score: it is left out of its group's mean and std and
+            gets advantage 0 (TRL's rule for unscorable completions); +-inf raises.
         group_size: completions per prompt, >= 1, dividing ``N``.
-        eps: added to the std (unbiased, as TRL computes it).
-        scale: divide by the std (GRPO) or only centre (Dr. GRPO).
+        eps: added to the std (TRL: 1e-4); the std is Bessel-corrected, as TRL's ``nanstd``.
+        scale: ``True``/``"group"`` divides by the group's std (GRPO), ``"batch"`` by the
+            std of all ``N`` scores, ``False``/``"none"`` only centres (Dr. GRPO).
 
     Returns:
         ``[N]`` float32.
@@ -87,9 +91,24 @@ def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6,
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
             or scores.numel() % group_size:
         raise ValueError(f"group_size must be an integer >= 1 dividing {scores.numel()}, got {group_size!r}")
+    if scale not in (True, False, "group", "batch", "none"):
+        raise ValueError(f"scale must be True, False, 'group', 'batch' or 'none', got {scale!r}")
+    if bool(torch.isinf(scores).any()):
+        raise ValueError("scores has +-inf (NaN marks an unscorable completion; inf is not a score)")
     g = scores.float().view(-1, group_size)  # [G, n]
-    centred = g - g.mean(-1, keepdim=True)
-    if scale:
-        std = g.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(g[:, :1])
+    centred = g - g.nanmean(-1, keepdim=True)
+    if scale in (True, "group"):
+        std = _nanstd(g, -1) if group_size > 1 else torch.zeros_like(g[:, :1])  # [G, 1]
         centred = centred / (std + eps)
-    return centred.reshape(-1)
+    elif scale == "batch":
+        std = _nanstd(g.reshape(1, -1), -1) if g.numel() > 1 else torch.zeros(1, 1)  # [1, 1]
+        centred = centred / (std + eps)
+    return centred.reshape(-1).nan_to_num(nan=0.0)
+
+
+def _nanstd(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Bessel-corrected std over ``dim`` ignoring NaN (NaN with fewer than two values), kept dim."""
+    mean = x.nanmean(dim, keepdim=True)
+    count = (~x.isnan()).sum(dim, keepdim=True)
+    var = ((x - mean) ** 2).nanmean(dim, keepdim=True) * count / (count - 1)
+    return torch.where(count > 1, var, float("nan")).sqrt()

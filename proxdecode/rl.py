@@ -36,8 +36,14 @@ def _plain(t):
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(x.dtype)
-    return (x * m).sum() / m.sum().clamp(min=1.0)
+    """Mean over the valid tokens; whatever lies off the mask (NaN included) counts for nothing."""
+    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1).to(x.dtype)
+
+
+def _on_mask(mask: torch.Tensor, *tensors):
+    """Each tensor with 0 off the mask, before any arithmetic: NaN or -inf there (which the
+    checks allow) would otherwise reach the loss, or its gradient, as NaN."""
+    return [None if t is None else torch.where(mask, t, 0.0) for t in tensors]
 
 
 def _check_bt(mask: torch.Tensor, **tensors) -> None:
@@ -68,6 +74,7 @@ def importance_weights(rollout, cap: float = 1.0) -> torch.Tensor:
 def reinforce_loss(logp, advantages, mask, weights=None) -> torch.Tensor:
     """REINFORCE: ``-mean(w * A * logp)`` over valid tokens. All ``[B, T]``; returns a scalar."""
     _check_bt(mask, logp=logp, advantages=advantages, weights=weights)
+    logp, advantages, weights = _on_mask(mask, logp, advantages, weights)
     w = 1.0 if weights is None else weights
     return _masked_mean(-w * advantages.detach() * logp, mask)
 
@@ -77,6 +84,7 @@ def ppo_loss(logp, old_logp, advantages, mask, clip: float = 0.2, weights=None) 
     _check_bt(mask, logp=logp, old_logp=old_logp, advantages=advantages, weights=weights)
     if not (0.0 < clip < 1.0):
         raise ValueError(f"clip must be in (0, 1), got {clip!r}")
+    logp, old_logp, advantages, weights = _on_mask(mask, logp, old_logp, advantages, weights)
     ratio = torch.exp(logp - old_logp.detach())
     a = advantages.detach()
     surrogate = torch.minimum(ratio * a, ratio.clamp(1.0 - clip, 1.0 + clip) * a)
@@ -87,6 +95,7 @@ def ppo_loss(logp, old_logp, advantages, mask, clip: float = 0.2, weights=None) 
 def kl_k3(logp, ref_logp, mask) -> torch.Tensor:
     """Mean k3 estimate of KL(pi || pi_ref) over valid tokens: ``exp(d) - d - 1``, ``d = ref - logp``."""
     _check_bt(mask, logp=logp, ref_logp=ref_logp)
+    logp, ref_logp = _on_mask(mask, logp, ref_logp)
     d = ref_logp.detach() - logp
     return _masked_mean(torch.exp(d) - d - 1.0, mask)
 
@@ -135,6 +144,16 @@ def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, k
     weights = _plain(importance_weights(rollout, is_cap))
 
     model.train()
+    try:
+        return _step(model, optimizer, rollout, mask, adv, weights, algo, clip, kl_coef, ref_model, entropy_coef,
+                     max_grad_norm)
+    finally:
+        model.eval()  # also when the step is refused
+
+
+def _step(model, optimizer, rollout, mask, adv, weights, algo, clip, kl_coef, ref_model, entropy_coef,
+          max_grad_norm) -> dict:
+    """``update``'s gradient step, the model in train mode."""
     logp, entropy = completion_logprobs(model, rollout, entropy="loss" if entropy_coef > 0 else "metric")
     if algo == "ppo":
         loss = ppo_loss(logp, _plain(rollout.policy_logprobs), adv, mask, clip, weights)
@@ -160,7 +179,6 @@ def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, k
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError("a gradient is NaN or inf; no step taken, the weights are unchanged")
     optimizer.step()
-    model.eval()
     return {"loss": float(loss.detach()), "kl": float(kl.detach()), "entropy": float(ent.detach()),
             "grad_norm": float(norm),
             "reward": float((rollout.rewards * rollout.mask).sum(1).mean()),
@@ -205,6 +223,9 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("prompts is empty")
+    if len(prompts) * group_size == 1:
+        raise ValueError("one prompt with group_size=1 gives one row a step: its baseline is its own return, "
+                         "every advantage is 0 and nothing is learned; use group_size >= 2")
     optimizer = optimizer or torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
     history = []

@@ -39,6 +39,30 @@ def test_reward_function_equals_generate_rewards_and_the_seed_rule(tiny):
     assert fn(prompts=["p"], completions=["I ate an apple"]) == [-1.0]
 
 
+def test_reward_function_reads_the_prompts_as_generate_does(tiny):
+    """Families that read the prompt (a sentence start after "It rained.", repeats of prompt
+    n-grams) score TRL's completions as pd.generate scored them, plain and chat prompts."""
+    model, tok = tiny
+    R = pd.rewards
+    rewards = pd.Rewards(tok, [R.Capitalization(), R.Repetition(include_prompt=True)])
+    prompts = ["It rained all day.", "The end is near"]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    out = pd.generate(model, **enc, rewards=rewards, max_new_tokens=8, do_sample=True, seed=0, num_return_sequences=2)
+    ids = [out.tokens[b, : int(out.mask[b].sum())].tolist() for b in range(4)]
+    fn = reward_function(rewards)
+    got = fn(prompts=[p for p in prompts for _ in range(2)], completions=[tok.decode(i) for i in ids],
+             completion_ids=ids)
+    assert got == pytest.approx(out.rewards.sum(1).tolist(), abs=1e-6)
+    chat = [[{"role": "user", "content": p}] for p in prompts for _ in range(2)]
+    enc = tok([tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chat[::2]],
+              return_tensors="pt", padding=True, add_special_tokens=False)
+    out = pd.generate(model, **enc, rewards=rewards, max_new_tokens=8, do_sample=True, seed=0, num_return_sequences=2)
+    ids = [out.tokens[b, : int(out.mask[b].sum())].tolist() for b in range(4)]
+    got = fn(prompts=chat, completions=[[{"role": "assistant", "content": tok.decode(i)}] for i in ids],
+             completion_ids=ids)
+    assert got == pytest.approx(out.rewards.sum(1).tolist(), abs=1e-6)
+
+
 def test_reward_function_refuses_model_kinds(tiny):
     _, tok = tiny
     with pytest.raises(ValueError, match="policy's logits"):

@@ -67,10 +67,37 @@ def test_group_advantages():
         grp = scores[i:i + 3].tolist()
         mean = sum(grp) / 3
         std = (sum((x - mean) ** 2 for x in grp) / 2) ** 0.5
-        want += [(x - mean) / (std + 1e-6) for x in grp]
+        want += [(x - mean) / (std + 1e-4) for x in grp]
     torch.testing.assert_close(got, torch.tensor(want))
     torch.testing.assert_close(group_advantages(scores, 2, scale=False),
                                torch.tensor([-0.5, 0.5, -1.0, 1.0, 0.0, 0.0, -2.0, 2.0]))
+
+
+@pytest.mark.parametrize("scale", [True, "batch", False])
+def test_group_advantages_are_trls(scale):
+    """TRL's GRPOTrainer formula, its own nanstd the oracle: eps 1e-4, NaN (unscorable)
+    left out of the group's statistics and given advantage 0, near-equal scores not blown up."""
+    trl_utils = pytest.importorskip("trl.trainer.utils", reason="TRL is the optional extra")
+    nan = float("nan")
+    cases = [(torch.randn(12, generator=torch.Generator().manual_seed(0)), 4), (torch.tensor([0, .01, .02, .03]), 4),
+             (torch.tensor([1.0, nan, 3.0, 2.0]), 4), (torch.tensor([1.0, nan, nan, nan, 5.0, 6.0, 7.0, 8.0]), 4),
+             (torch.tensor([0.0, 1e-4, 0.0, 1e-4]), 4), (torch.randn(6, generator=torch.Generator().manual_seed(1)), 3)]
+    for r, G in cases:
+        mean = torch.nanmean(r.view(-1, G), 1).repeat_interleave(G)
+        std = (trl_utils.nanstd(r.view(-1, G), dim=1).repeat_interleave(G) if scale is True
+               else trl_utils.nanstd(r).expand_as(r))
+        want = r - mean if scale is False else (r - mean) / (std + 1e-4)
+        torch.testing.assert_close(group_advantages(r, G, scale=scale), torch.nan_to_num(want, nan=0.0))
+    with pytest.raises(ValueError, match="inf"):
+        group_advantages(torch.tensor([1.0, float("inf")]), 2)
+
+
+def test_gae_ignores_what_lies_off_the_mask():
+    r = torch.tensor([[1.0, 2.0, float("nan")]])
+    m = torch.tensor([[True, True, False]])
+    adv, ret = gae(r, torch.tensor([[0.0, 0.0, float("inf")]]), m, 1.0, 1.0)
+    torch.testing.assert_close(adv, torch.tensor([[3.0, 2.0, 0.0]]))
+    torch.testing.assert_close(adv, discounted_returns(r, m, 1.0))
 
 
 def test_bad_inputs():

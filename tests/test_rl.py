@@ -32,6 +32,21 @@ def test_ppo_loss_by_hand_clips_both_sides():
     assert loss.item() == pytest.approx(want, rel=1e-6)
 
 
+def test_losses_ignore_what_lies_off_the_mask():
+    """-inf or NaN on masked positions (allowed by the input check) must not reach the loss."""
+    mask = torch.tensor([[True, True, False]])
+    logp = torch.tensor([[-1.0, -2.0, float("-inf")]])
+    old = torch.tensor([[-1.1, -1.9, float("nan")]])
+    adv = torch.tensor([[1.0, -1.0, float("nan")]])
+    clean = torch.where(mask, logp, 0.0), torch.where(mask, old, 0.0), torch.where(mask, adv, 0.0)
+    assert torch.isfinite(rl.ppo_loss(logp, old, adv, mask, 0.2))
+    torch.testing.assert_close(rl.ppo_loss(logp, old, adv, mask, 0.2), rl.ppo_loss(*clean, mask, 0.2))
+    torch.testing.assert_close(rl.kl_k3(logp, old, mask), rl.kl_k3(clean[0], clean[1], mask))
+    logp = logp.clone().requires_grad_()
+    (rl.ppo_loss(logp, old, adv, mask, 0.2) + rl.kl_k3(logp, old, mask) + rl.reinforce_loss(logp, adv, mask)).backward()
+    assert torch.isfinite(logp.grad).all() and logp.grad[0, 2] == 0
+
+
 def test_kl_k3_and_baseline_by_hand():
     logp = torch.tensor([[-1.0, -1.0, 0.0], [-2.0, 0.0, 0.0]])
     ref = torch.tensor([[-1.0, -2.0, 0.0], [-1.0, 0.0, 0.0]])
@@ -121,6 +136,9 @@ def test_nan_loss_keeps_the_weights(tiny):
     with pytest.raises((FloatingPointError, ValueError)):
         rl.update(model, opt, out, advantages=adv)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training  # back in eval mode after the refused step
+    with pytest.raises(ValueError, match="group_size >= 2"):  # one row: its own baseline, nothing to learn
+        rl.train(model, tok, ["x"], None, 1, group_size=1)
     with pytest.raises(ValueError, match="lr must be in"):
         rl.train(model, tok, ["x"], None, 1, lr=2.0)
     with pytest.raises(ValueError, match="prompts is empty"):

@@ -4,12 +4,17 @@ TRL's ``GRPOTrainer`` calls each reward function with ``prompts``, ``completions
 ``completion_ids`` (plus dataset columns) and wants one float per completion.
 ``reward_function(rewards)`` scores the completion tokens with a ``pd.Rewards`` set by
 teacher forcing: the same table/state/text families that steer ``pd.generate``, run over
-tokens TRL already sampled, summed (terminal values included) to each completion's score.
+tokens TRL already sampled after their prompts (which families such as ``Capitalization``
+and ``Repetition(include_prompt=True)`` read), summed (terminal values included) to each
+completion's score.
 Families of the "model" kind need the policy's logits at every step, which a reward
 function does not see; they are refused (use ``pd.generate`` rollouts for them).
 
-TRL's PPO adds a per-token KL penalty and puts the sequence score on the last valid token;
-``ppo_token_rewards`` lays a ``Rollout`` out that way. TRL itself is an optional extra
+TRL's PPO (``PPOTrainer``, gone from TRL 1.x) adds a per-token KL penalty and puts the
+sequence score at the end of the completion; ``ppo_token_rewards`` lays a ``Rollout`` out
+that way, with the score on the last valid token (the EOS when there is one) and the KL
+term on every valid token, that EOS included (TRL's own code skips it when pad equals EOS
+and moves the score one past EOS when they differ). TRL itself is an optional extra
 (``pip install -e .[trl]``); nothing here imports it.
 """
 
@@ -18,8 +23,10 @@ from __future__ import annotations
 import torch
 
 
-def score_completions(rewards, completion_ids: list[list[int]]) -> torch.Tensor:
-    """``[N]`` summed reward of each completion (token ids, no prompt), by teacher forcing."""
+def score_completions(rewards, completion_ids: list[list[int]], prompts=None) -> torch.Tensor:
+    """``[N]`` summed reward of each completion (token ids), by teacher forcing after its
+    prompt: ``prompts`` as TRL passes them (strings, or chat messages, templated with the
+    generation prompt as TRL templates them), or None for families that need none."""
     tok = rewards.tokenizer
     N, T = len(completion_ids), max((len(c) for c in completion_ids), default=0)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -29,7 +36,15 @@ def score_completions(rewards, completion_ids: list[list[int]]) -> torch.Tensor:
         tokens[i, : len(c)] = torch.as_tensor(c, dtype=torch.long)
         mask[i, : len(c)] = True
     vocab = len(tok)
-    run = rewards.start(vocab, N, "cpu", max_new_tokens=T)
+    prompt_ids = prompt_mask = None
+    if prompts is not None:
+        if len(prompts) != N:
+            raise ValueError(f"{len(prompts)} prompts for {N} completions")
+        texts = [p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 for p in prompts]
+        enc = tok(texts, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt")
+        prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]  # [N, P]
+    run = rewards.start(vocab, N, "cpu", None, prompt_ids, prompt_mask, T)
     comps = torch.zeros(len(rewards.names), N, max(T, 1))
     zeros = torch.zeros(N, vocab)
     for t in range(T):  # nothing steers: each family's chosen-token path
@@ -60,7 +75,7 @@ def reward_function(rewards, name: str | None = None):
             texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
             completion_ids = [tok.encode(t, add_special_tokens=False) for t in texts]
         with torch.inference_mode():
-            return score_completions(rewards, [list(c) for c in completion_ids]).tolist()
+            return score_completions(rewards, [list(c) for c in completion_ids], prompts).tolist()
 
     proxdecode_reward.__name__ = name or "proxdecode"
     return proxdecode_reward
