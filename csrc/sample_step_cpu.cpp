@@ -1,7 +1,7 @@
 // The fused decode step on CPU: logits in, one token per row out.
 //
-// Why this file exists: on CPU, HF's sort-based top-k/top-p is 21% of a decode step of
-// the default model at batch 8 and 36% at batch 32 (DESIGN.md, "The decode step"), and
+// Why this file exists: on CPU, HF's sort-based top-k/top-p is a large share of a decode
+// step of the default model (`make bench-step` times HF's processors against this step), and
 // the torch reference (proxdecode/step.py, the SPEC) still launches ~40 small ops and
 // evaluates Philox in int64 tensor arithmetic. Here a row costs two passes of plain C++
 // over its logits (validity + scaling, then the log-sum-exp the policy log-prob needs) and

@@ -7,7 +7,7 @@
 //
 // Why a second GPU implementation beside Triton: it is the same algorithm as the CPU
 // file (csrc/sample_step_cpu.cpp) in the shape a GPU wants, for builds without Triton and
-// as the reference for a future CUDA-graph-friendly step. The design follows DESIGN.md:
+// as the reference for a future CUDA-graph-friendly step. The design is the CPU step's:
 // sorting-free selection by threshold search, block reductions, the same Philox.
 //
 // Per row (block), passes over the row's V values, all reads mostly from L2:

@@ -187,7 +187,10 @@ def _topk_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s, 
 
     Invariant: ``count(s >= lo) >= k > count(s >= hi)``. Ends when ``count(s >= lo) == k``
     (then every ``s >= lo`` is in) or when no float lies between lo and hi (then lo is
-    the k-th value and ``count(s > lo) = count(s >= hi)``).
+    the k-th value and ``count(s > lo) = count(s >= hi)``). Without an exact count, lo is
+    then moved up to the largest ``s`` below hi: ties at the k-th value put it there, and
+    where that value is 0 the floats between lo and it (down to the denormals) are too
+    many for the passes to close the bracket, which left every tie above ``thr``.
     """
     lo = s_min
     hi = m_s + tl.maximum(tl.abs(m_s) * 1e-6, 1e-30)
@@ -212,6 +215,14 @@ def _topk_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s, 
         done = ((cnt_lo == k) | (mid <= lo) | (mid >= hi)).to(tl.int32)
         it += 1
     need = tl.where(cnt_lo == k, k, k - cnt_hi)
+    if cnt_lo != k:  # the k-th value is the largest s below hi: count(s > it) = count(s >= hi)
+        top = tl.full([SUB], float("-inf"), tl.float32)
+        for start in range(0, V, SUB):
+            offs = start + tl.arange(0, SUB)
+            _z, _zc, s = _scores(logits_row, seen_row, offs, V, rp, inv_rp, temp, sup_ptr, S,
+                                 PENALTY, RP_RECIP, SUPPRESS)
+            top = tl.maximum(top, tl.where(s < hi, s, float("-inf")))
+        lo = tl.max(top, 0)
     return lo, need
 
 

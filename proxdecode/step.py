@@ -5,7 +5,7 @@ of the same step must reproduce it: the same candidate set, the same probabiliti
 rounding and, because the random draws are a pure function of (row seed, step, token id),
 the same tokens.
 
-Pipeline, per row of ``logits`` ``[B, V]`` (DESIGN.md, "The decode step"):
+Pipeline, per row of ``logits`` ``[B, V]`` (the README's "How it works"):
 
 1. flag rows with a NaN or ``+inf`` logit, or no finite logit, as invalid (never sampled);
 2. repetition penalty on tokens already seen (HF: divide positive, multiply negative);
@@ -16,7 +16,9 @@ Pipeline, per row of ``logits`` ``[B, V]`` (DESIGN.md, "The decode step"):
    values only; only without top-k does top-p sort the row;
 6. steer inside the candidate set: ``s_a + beta * R[b, a]``;
 7. pick: Gumbel-max over the counter-based draws when sampling, argmax otherwise
-   (lowest token id wins a tie, as ``torch.argmax`` does over the vocabulary);
+   (the lowest id among the tied candidates wins, as ``torch.argmax`` picks; when top-k or
+   top-p cuts inside a tie group, which ids stay is ``torch.topk``/``torch.sort``'s choice
+   here, the lowest ids in the C++ and Triton steps);
 8. emit the token, its log-prob under step 6's distribution and under the raw model
    (``log_softmax(z)`` at temperature 1, before any processing).
 

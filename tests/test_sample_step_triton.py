@@ -221,6 +221,23 @@ def test_ties():
         assert got.tokens.tolist() == [3]
 
 
+def test_top_k_ties_at_zero_keep_exactly_k():
+    """The k-th value tied at 0.0 below other values: the bracket around 0 cannot close (the
+    floats down to the denormals), and the search once left the whole tie group in."""
+    z = torch.full((2, 1000), -1.0)
+    z[0, :40] = 0.0  # 40 ties at 0 over -1: top_k=5 (the tile overflows: general path)
+    z[1] = 0.0
+    z[1, :10] = torch.arange(1, 11).float()  # 10 above, 980 tied at 0: k > 256, general path
+    z[1, 10:20] = -1.0
+    for row, k in ((0, 5), (1, 500)):
+        kw = dict(seeds=_seeds(1), step=0, top_k=k, return_scores=True)
+        tri = sample_step_triton(z[row:row + 1], **kw)
+        ref = sample_step(z[row:row + 1], **kw)
+        kept = torch.nonzero(torch.isfinite(tri.scores[0]))[:, 0]
+        assert kept.numel() == k == int(torch.isfinite(ref.scores).sum())
+        assert kept.tolist() == sorted(set(range(10)) | set(range(20, 20 + k - 10))) if row else list(range(k))
+
+
 def test_disabled_filters_and_min_p_one():
     B, V = 3, 1000
     z = _logits(torch.float32, B, V, seed=51)

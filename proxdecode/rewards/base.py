@@ -2,7 +2,7 @@
 
 A proximal reward R(s_t, a) is needed for *every* candidate token ``a`` at every step, so a
 family is written as a function from a small per-row device state to a ``[B, V]`` tensor,
-never as a call on decoded text. DESIGN.md sorts families into four kinds, and the kind
+never as a call on decoded text. Families come in four kinds, and the kind
 decides where the work happens:
 
 - ``"table"``: a fixed value per token. All tables are folded, weighted, into one

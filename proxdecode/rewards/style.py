@@ -54,7 +54,7 @@ class Repetition(Reward):
 
     A candidate ``a`` scores +1 when the n-gram (the row's last ``n - 1`` completion tokens,
     ``a``) already occurred in the completion, else 0; the default weight -1 makes it a
-    penalty (DESIGN's ``Repetition(weight=-0.5)``). A row's rewards therefore sum to
+    penalty (the full reward stack's ``Repetition(weight=-0.5)``). A row's rewards therefore sum to
     ``#n-grams - #distinct n-grams`` of its completion, i.e. ``(1 - distinct-n) * #n-grams``.
     Oracle: that count in plain Python on the completion's token ids, special tokens
     removed (``test_rewards_rules._repeats``).
