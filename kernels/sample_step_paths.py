@@ -80,6 +80,19 @@ def _thresholds(lo, hi, first, NT: tl.constexpr):
 
 
 @triton.jit
+def _narrow(t, cnt, ok, lo, hi, cnt_lo, cnt_hi):
+    """One pass of a threshold search: the bracket ``[lo, hi)`` closes on the highest
+    threshold ``t`` that still holds (``ok``) and the lowest that does not, with their
+    counts; also whether no float is left between them."""
+    lo = tl.maximum(lo, tl.max(tl.where(ok, t, lo), 0))
+    cnt_lo = tl.minimum(cnt_lo, tl.min(tl.where(ok, cnt, cnt_lo), 0))
+    hi = tl.minimum(hi, tl.min(tl.where(ok, hi, t), 0))
+    cnt_hi = tl.maximum(cnt_hi, tl.max(tl.where(ok, cnt_hi, cnt), 0))
+    mid = lo + (hi - lo) * 0.5
+    return lo, hi, cnt_lo, cnt_hi, (mid <= lo) | (mid >= hi)
+
+
+@triton.jit
 def _topk_mask(s, thr, need, carry):
     """Top-k membership of one chunk: ``s > thr``, or a tie at ``thr`` among the first
     ``need`` ties in id order (``carry`` = ties seen in earlier chunks)."""
@@ -206,13 +219,8 @@ def _topk_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s, 
             _z, _zc, s = _scores(logits_row, seen_row, offs, V, rp, inv_rp, temp, sup_ptr, S,
                                  PENALTY, RP_RECIP, SUPPRESS)
             cnt += tl.sum((s[:, None] >= t[None, :]).to(tl.int32), 0)  # [SUB, NT] -> [NT]
-        ok = cnt >= k
-        lo = tl.maximum(lo, tl.max(tl.where(ok, t, lo), 0))
-        cnt_lo = tl.minimum(cnt_lo, tl.min(tl.where(ok, cnt, cnt_lo), 0))
-        hi = tl.minimum(hi, tl.min(tl.where(ok, hi, t), 0))
-        cnt_hi = tl.maximum(cnt_hi, tl.max(tl.where(ok, cnt_hi, cnt), 0))
-        mid = lo + (hi - lo) * 0.5
-        done = ((cnt_lo == k) | (mid <= lo) | (mid >= hi)).to(tl.int32)
+        lo, hi, cnt_lo, cnt_hi, closed = _narrow(t, cnt, cnt >= k, lo, hi, cnt_lo, cnt_hi)
+        done = ((cnt_lo == k) | closed).to(tl.int32)
         it += 1
     need = tl.where(cnt_lo == k, k, k - cnt_hi)
     if cnt_lo != k:  # the k-th value is the largest s below hi: count(s > it) = count(s >= hi)
@@ -263,13 +271,8 @@ def _topp_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, thr, nee
             n_all += cand.to(tl.int32)
         target = top_p * tl.sum(z_all, 0)
         cnt_lo = tl.where(it == 0, tl.sum(n_all, 0), cnt_lo)
-        ok = mass >= target
-        lo = tl.maximum(lo, tl.max(tl.where(ok, t, lo), 0))
-        cnt_lo = tl.minimum(cnt_lo, tl.min(tl.where(ok, cnt, cnt_lo), 0))
-        hi = tl.minimum(hi, tl.min(tl.where(ok, hi, t), 0))
-        cnt_hi = tl.maximum(cnt_hi, tl.max(tl.where(ok, cnt_hi, cnt), 0))
-        mid = lo + (hi - lo) * 0.5
-        done = ((cnt_lo - cnt_hi <= 1) | (mid <= lo) | (mid >= hi)).to(tl.int32)
+        lo, hi, cnt_lo, cnt_hi, closed = _narrow(t, cnt, mass >= target, lo, hi, cnt_lo, cnt_hi)
+        done = ((cnt_lo - cnt_hi <= 1) | closed).to(tl.int32)
         it += 1
     return lo
 
