@@ -93,7 +93,7 @@ class DecodeConfig:
     gamma: float
     prompt_seeds: tuple[int, ...] | None  # one per prompt, None: drawn from torch's RNG
     stop_strings: tuple[str, ...] = ()
-    static_cache: bool = True  # False: HF's DynamicCache (cache_implementation="dynamic")
+    static_cache: bool = False  # HF's StaticCache (asked for, or the step compiled); else DynamicCache
     backend: str = "auto"  # the step implementation: auto | torch | triton | cpp
     compile: bool = False  # compile the decode step (the forward; the step after it with rewards)
     compile_required: bool = False  # the caller asked (compile=True): no eager fallback
@@ -212,7 +212,10 @@ class DecodeConfig:
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
-            static_cache=cache_impl != "dynamic", backend=backend, compile=do_compile,
+            # HF's default cache unless fixed shapes buy something: a compiled step needs them;
+            # eager, the static cache's full-length attention cost more than DynamicCache's
+            # per-step copy (README, "Where the end-to-end speedup comes from")
+            static_cache=cache_impl == "static" or (cache_impl is None and do_compile), backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear)
 
     def row_seeds(self, batch: int) -> list[int]:

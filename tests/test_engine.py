@@ -32,7 +32,7 @@ class CollectStreamer:
         self.calls.append("end")
 
 
-@pytest.mark.parametrize("rp,cache", [(1.0, None), (1.3, None), (1.0, "dynamic")])
+@pytest.mark.parametrize("rp,cache", [(1.0, None), (1.3, None), (1.0, "static"), (1.3, "static")])
 def test_greedy_is_token_identical_to_hf(real, rp, cache):
     model, tok = real
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
@@ -260,6 +260,23 @@ def test_compile_is_decided_as_hf_decides(tiny):
     assert resolved(compile_config=everywhere) == (False, False)  # the cache was not asked for by name
     assert resolved(compile=True) == (True, True)
     assert resolved(compile=False, cache_implementation="static", compile_config=everywhere) == (False, False)
+
+
+def test_cache_is_static_only_where_the_shapes_must_be_fixed(tiny):
+    """HF's DynamicCache unless the static one is asked for by name or the step compiles
+    (eager, the static cache's full-length attention was the slower; README)."""
+    from proxdecode.config import DecodeConfig
+
+    model, tok = tiny
+    ids = tok(["a b"], return_tensors="pt").input_ids
+
+    def static(compile=None, **kw):
+        return DecodeConfig.resolve(model, ids, None, steer=0.0, gamma=1.0, seed=0, rewards=None,
+                                    kwargs=dict(max_new_tokens=2, **kw), compile=compile).static_cache
+
+    assert (static(), static(cache_implementation="dynamic"), static(compile=False)) == (False, False, False)
+    assert static(cache_implementation="static") and static(compile=True)
+    assert static(compile=False, cache_implementation="static")
 
 
 def test_automatic_compile_runs_eager_where_the_cache_cannot_be_static(tiny, monkeypatch):
