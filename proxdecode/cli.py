@@ -353,7 +353,8 @@ def main(argv=None):
                    help="the model's weights")
     b.add_argument("--device", default="cpu", help="cpu or cuda")
     b.add_argument("--cache", choices=["static", "dynamic"], default=None,
-                   help="pd.generate's KV cache (default: dynamic, static when compiled, as pd.generate decides)")
+                   help="pd.generate's KV cache (default: as pd.generate decides, dynamic for an eager step on CPU, "
+                        "else static)")
     b.add_argument("--cache-ab", action="store_true",
                    help="instead: pd.generate with the static vs the dynamic cache, alternating")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")

@@ -93,7 +93,7 @@ class DecodeConfig:
     gamma: float
     prompt_seeds: tuple[int, ...] | None  # one per prompt, None: drawn from torch's RNG
     stop_strings: tuple[str, ...] = ()
-    static_cache: bool = False  # HF's StaticCache (asked for, or the step compiled); else DynamicCache
+    static_cache: bool = True  # HF's StaticCache; False: DynamicCache (see _static_cache)
     backend: str = "auto"  # the step implementation: auto | torch | triton | cpp
     compile: bool = False  # compile the decode step (the forward; the step after it with rewards)
     compile_required: bool = False  # the caller asked (compile=True): no eager fallback
@@ -212,10 +212,7 @@ class DecodeConfig:
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
-            # HF's default cache unless fixed shapes buy something: a compiled step needs them;
-            # eager, the static cache's full-length attention cost more than DynamicCache's
-            # per-step copy (README, "Where the end-to-end speedup comes from")
-            static_cache=cache_impl == "static" or (cache_impl is None and do_compile), backend=backend, compile=do_compile,
+            static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear)
 
     def row_seeds(self, batch: int) -> list[int]:
@@ -226,6 +223,18 @@ class DecodeConfig:
         if base is None:
             base = tuple(int(s) for s in torch.randint(0, 2**62, (batch,)))
         return [row_seed(s, r) for s in base for r in range(self.num_return_sequences)]
+
+
+def _static_cache(model, cache_impl, do_compile: bool) -> bool:
+    """The KV cache, when ``cache_implementation`` does not name one: static where a step may
+    be captured or compiled (a compiled step, or an accelerator: fixed shapes are what CUDA
+    graphs and ``torch.compile`` need), HF's default ``DynamicCache`` for eager steps on the
+    CPU, where nothing is captured and the static cache's attention over its full length
+    cost more than the dynamic one's per-step copy at batch 32 (README, "Where the
+    end-to-end speedup comes from")."""
+    if cache_impl is not None:
+        return cache_impl == "static"
+    return do_compile or model.device.type != "cpu"
 
 
 def _decide_compile(model, gc, cache_impl, compile) -> bool:

@@ -2,9 +2,10 @@
 
 Split from the loop (``engine.py``) because two drive it: the policy's loop, and the
 rewards that step a reference model beside it (``KLPenalty``, ``Fluency(reference=...)``).
-When the step is compiled its job is to keep every decode step's shapes fixed (static
-cache, full-length mask), so the forward compiles once and a CUDA graph can replay it;
-eager, it keeps HF's default ``DynamicCache``, which was the faster of the two there.
+Its job is to keep every decode step's shapes fixed (static cache, full-length mask), so a
+compiled forward compiles once and a CUDA graph can replay it; eager on the CPU, where
+nothing is captured, the engine gives it HF's default ``DynamicCache`` instead
+(``config._static_cache``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def _make_cache(model, max_len: int, static: bool):
     """The loop's KV cache: HF's ``StaticCache`` (fixed shapes, written in place; what CUDA
     graphs and ``torch.compile`` need) or ``DynamicCache`` (HF's default: its per-step
     ``torch.cat`` copies the whole cache, but attention reads only the slots written, and
-    eager on CPU it ran ~5% faster end to end at batch 32, ``proxdecode bench --cache-ab``)."""
+    eager on the CPU it ran ~3-5% faster end to end at batch 32, ``proxdecode bench
+    --cache-ab``)."""
     from transformers import DynamicCache, StaticCache
 
     if static:
@@ -59,8 +61,8 @@ class Decoder:
     HF's ``generate`` does. The engine drives the policy with it; reference-model rewards
     (``KLPenalty``, ``Fluency(reference=...)``) drive their own beside it, eager.
 
-    ``static_cache=False`` (the eager default, HF's): a ``DynamicCache`` and the mask grown
-    by one slot per step. With the static cache every decode step has the same shapes: ``[B, 1]`` tokens and
+    ``static_cache=False``: HF's ``DynamicCache`` and the mask grown by one slot per step
+    (the engine's choice for eager steps on the CPU). With the static cache every decode step has the same shapes: ``[B, 1]`` tokens and
     positions, and the attention mask at its full ``[B, P + T]`` length, zero on the slots
     not yet written and set to one, in place, as each is (so it means what HF's growing mask
     means, for every attention implementation). So a ``compiled`` forward
@@ -73,7 +75,7 @@ class Decoder:
     oneDNN-packed weights (``linear.py``), packed at the prefill, dropped with the decoder.
     """
 
-    def __init__(self, model, max_new_tokens: int, static_cache: bool = False, compiled=None,
+    def __init__(self, model, max_new_tokens: int, static_cache: bool = True, compiled=None,
                  linear: str = "torch", compile_required: bool = False):
         self.model, self.T, self.static, self.compiled = model, max_new_tokens, static_cache, compiled
         self.linear, self.compile_required = linear, compile_required

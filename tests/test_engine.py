@@ -262,21 +262,26 @@ def test_compile_is_decided_as_hf_decides(tiny):
     assert resolved(compile=False, cache_implementation="static", compile_config=everywhere) == (False, False)
 
 
-def test_cache_is_static_only_where_the_shapes_must_be_fixed(tiny):
-    """HF's DynamicCache unless the static one is asked for by name or the step compiles
-    (eager, the static cache's full-length attention was the slower; README)."""
+def test_cache_is_static_where_a_step_may_be_captured(tiny):
+    """HF's DynamicCache for an eager step on the CPU (the static cache's full-length
+    attention was the slower there; README); static when asked for by name, compiled, or on
+    an accelerator, where CUDA graphs need fixed shapes."""
+    import copy
+
     from proxdecode.config import DecodeConfig
 
     model, tok = tiny
     ids = tok(["a b"], return_tensors="pt").input_ids
 
-    def static(compile=None, **kw):
-        return DecodeConfig.resolve(model, ids, None, steer=0.0, gamma=1.0, seed=0, rewards=None,
+    def static(compile=None, on=model, **kw):
+        return DecodeConfig.resolve(on, ids, None, steer=0.0, gamma=1.0, seed=0, rewards=None,
                                     kwargs=dict(max_new_tokens=2, **kw), compile=compile).static_cache
 
     assert (static(), static(cache_implementation="dynamic"), static(compile=False)) == (False, False, False)
     assert static(cache_implementation="static") and static(compile=True)
     assert static(compile=False, cache_implementation="static")
+    accelerator = copy.deepcopy(model).to("meta")  # what resolve reads of the device: model.device
+    assert static(on=accelerator) and not static(on=accelerator, cache_implementation="dynamic")
 
 
 def test_automatic_compile_runs_eager_where_the_cache_cannot_be_static(tiny, monkeypatch):
