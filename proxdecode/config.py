@@ -228,10 +228,11 @@ class DecodeConfig:
 def _static_cache(model, cache_impl, do_compile: bool) -> bool:
     """The KV cache, when ``cache_implementation`` does not name one: static where a step may
     be captured or compiled (a compiled step, or an accelerator: fixed shapes are what CUDA
-    graphs and ``torch.compile`` need), HF's default ``DynamicCache`` for eager steps on the
-    CPU, where nothing is captured and the static cache's attention over its full length
-    cost more than the dynamic one's per-step copy at batch 32 (README, "Where the
-    end-to-end speedup comes from")."""
+    graphs and ``torch.compile`` need, so the design keeps the cache static there even for an
+    eager step; which cache is faster eager on a GPU is unmeasured), HF's default
+    ``DynamicCache`` for eager steps on the CPU, where nothing is captured and the static
+    cache's attention over its full length cost more than the dynamic one's per-step copy
+    at batch 32 (README, "Where the end-to-end speedup comes from")."""
     if cache_impl is not None:
         return cache_impl == "static"
     return do_compile or model.device.type != "cpu"

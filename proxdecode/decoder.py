@@ -23,7 +23,7 @@ def _make_cache(model, max_len: int, static: bool):
     """The loop's KV cache: HF's ``StaticCache`` (fixed shapes, written in place; what CUDA
     graphs and ``torch.compile`` need) or ``DynamicCache`` (HF's default: its per-step
     ``torch.cat`` copies the whole cache, but attention reads only the slots written, and
-    eager on the CPU it ran ~3-5% faster end to end at batch 32, ``proxdecode bench
+    eager on the CPU it ran 3-6% faster end to end at batch 32, ``proxdecode bench
     --cache-ab``)."""
     from transformers import DynamicCache, StaticCache
 
@@ -62,10 +62,11 @@ class Decoder:
     (``KLPenalty``, ``Fluency(reference=...)``) drive their own beside it, eager.
 
     ``static_cache=False``: HF's ``DynamicCache`` and the mask grown by one slot per step
-    (the engine's choice for eager steps on the CPU). With the static cache every decode step has the same shapes: ``[B, 1]`` tokens and
-    positions, and the attention mask at its full ``[B, P + T]`` length, zero on the slots
-    not yet written and set to one, in place, as each is (so it means what HF's growing mask
-    means, for every attention implementation). So a ``compiled`` forward
+    (the engine's choice for eager steps on the CPU). With the static cache every decode
+    step has the same shapes: ``[B, 1]`` tokens and positions, and the attention mask at its
+    full ``[B, P + T]`` length, zero on the slots not yet written and set to one, in place,
+    as each is (so it means what HF's growing mask means, for every attention
+    implementation). So a ``compiled`` forward
     (``model.get_compiled_call``, HF's cached ``torch.compile`` of the model) compiles once
     per ``(B, P, T)``; the prefill always runs eager, as in gpt-fast and HF, since its shapes
     change with every prompt batch. A compiled decoder reuses one static cache per model and

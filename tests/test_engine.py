@@ -32,7 +32,7 @@ class CollectStreamer:
         self.calls.append("end")
 
 
-@pytest.mark.parametrize("rp,cache", [(1.0, None), (1.3, None), (1.0, "static"), (1.3, "static")])
+@pytest.mark.parametrize("rp,cache", [(1.0, None), (1.3, None), (1.0, "static"), (1.3, "static"), (1.0, "dynamic")])
 def test_greedy_is_token_identical_to_hf(real, rp, cache):
     model, tok = real
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
@@ -511,8 +511,9 @@ def test_compiled_step_with_the_other_families_and_loop_features(tiny):
     assert a.calls == b.calls and len(a.calls) > 2
 
 
-@pytest.mark.parametrize("backend,steer", [("torch", 1.5), ("cpp", 1.5), ("cpp", 0.0)])
-def test_a_decode_step_makes_no_host_sync(tiny, monkeypatch, host_syncs, backend, steer):
+@pytest.mark.parametrize("backend,steer,cache", [("torch", 1.5, None), ("cpp", 1.5, None), ("cpp", 0.0, None),
+                                                 ("cpp", 1.5, "static")])  # static: an accelerator's default
+def test_a_decode_step_makes_no_host_sync(tiny, monkeypatch, host_syncs, backend, steer, cache):
     """Between the loop's every-SYNC_EVERY check, a step reads nothing back and builds no
     tensor from host data: the forward (``Decoder.step``, a reference model's too) and
     everything after it (``sample_one``: every vectorised family scoring and recording, the
@@ -533,6 +534,7 @@ def test_a_decode_step_makes_no_host_sync(tiny, monkeypatch, host_syncs, backend
     monkeypatch.setattr(decoder.Decoder, "step", host_syncs(decoder.Decoder.step))
     enc = tok(PROMPTS[:3], return_tensors="pt", padding=True)
     out = pd.generate(model, **enc, max_new_tokens=6, min_new_tokens=2, do_sample=True, top_k=30, top_p=0.9,
-                      min_p=0.02, repetition_penalty=1.2, rewards=rewards, steer=steer, seed=3, backend=backend)
+                      min_p=0.02, repetition_penalty=1.2, rewards=rewards, steer=steer, seed=3, backend=backend,
+                      cache_implementation=cache)
     assert out.mask.all() and host_syncs.calls() >= 6 + 5 + 5, "steps, and the policy's and reference's forwards"
     assert not host_syncs.found(), "host syncs inside a step:\n" + "\n".join(sorted(set(host_syncs.found())))

@@ -258,11 +258,12 @@ def test_row_independent_of_batch():
     assert batch.tokens[2] == alone.tokens[0] and batch.logprobs[2] == alone.logprobs[0]
 
 
-def test_compiles_for_sm90():
+def test_compiles_for_sm90(tmp_path):
     """The interpreter runs what the GPU compiler may reject: take the kernel through Triton's
-    own pipeline and ptxas for an H100/H200, in the launcher's configurations (fixed and
-    autotuned blocks, general and tile paths, fp32/bf16/fp16), with no GPU here. Registers
-    and spills are ptxas' report; a few bytes of spill are its choice at 128 registers."""
+    own pipeline and ptxas for an H100/H200, in nine of the launcher's configurations (fixed
+    and autotuned blocks, general and tile paths, fp32/bf16/fp16, V divisible by 16 or not),
+    with no GPU here. Registers and spills are ptxas' report; a few bytes of spill are its
+    choice at the register cap (up to 40 at the time of writing; bounded here at 64)."""
     import json
     import os
     import subprocess
@@ -271,6 +272,7 @@ def test_compiles_for_sm90():
 
     script = Path(__file__).with_name("compile_sample_step_sm90.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # a fresh cache: ptxas runs, and ~/.triton stays clean
     run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     got = {r["name"]: r for r in map(json.loads, run.stdout.splitlines())}
@@ -279,4 +281,4 @@ def test_compiles_for_sm90():
     for name, r in got.items():
         assert r["cubin_bytes"] > 0 and r["registers"] is not None, (name, r)
         assert r["shared"] <= 227 * 1024, (name, r)  # sm_90's per-block maximum
-        assert r["spill_store_bytes"] <= 64, (name, r)
+        assert r["spill_store_bytes"] <= 64 and r["stack_frame_bytes"] <= 64, (name, r)

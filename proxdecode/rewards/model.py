@@ -63,9 +63,9 @@ class _ReferenceModelReward(Reward):
         dev = next(self.reference.parameters()).device
         from ..linear import check_linear
         check_linear(ctx.linear, self.reference)  # linear="onednn" packs the reference too
-        from ..config import _static_cache
-        decoder = Decoder(self.reference, ctx.max_new_tokens, _static_cache(self.reference, None, False),
-                          linear=ctx.linear)  # eager: the cache the policy's eager step would take
+        # always eager: the static cache on an accelerator, HF's dynamic one on the CPU, as the
+        # policy's default (config._static_cache)
+        decoder = Decoder(self.reference, ctx.max_new_tokens, static_cache=dev.type != "cpu", linear=ctx.linear)
         with torch.inference_mode():
             logits = decoder.prefill(ctx.prompt_ids.to(dev), ctx.prompt_mask.to(dev))
         return {"decoder": decoder, "ref_logits": logits, "device": ctx.device}
