@@ -13,11 +13,13 @@ of ``--runs`` rounds; ratios and the reward cost are taken within each round (th
 a round run back to back) and their median reported. The learning part (``pd.rl.update``,
 REINFORCE, full model) is the same for both and is timed once per round on the pd rollout.
 
-pd runs twice per round: with the model's linear layers as HF runs them (``F.linear``, the
-same forward as HF's side) and with ``linear="onednn"`` (packed weights, ``linear.py``;
-the repack after each update's weight change is inside its time). ``--compile`` adds a
-third pd path with the decode step compiled, forward and sampling; each path's warm-up call,
-the compile included, is recorded as ``warmup_s``.
+pd runs three times per round: with rewards and the model's linear layers as HF runs them
+(``F.linear``, the same forward as HF's side), the same without rewards (``pd_plain``: the
+split's rollout time, rewards apart), and with rewards and ``linear="onednn"`` (packed
+weights, ``linear.py``; the repack after each update's weight change is inside its time).
+``--compile`` adds a fourth, with rewards and the decode step compiled (the forward and the
+step after it); each path's warm-up call, the compile included, is recorded as
+``warmup_s``.
 
     python benchmarks/update_speed.py        # writes benchmarks/results/update-cpu.json
 """
@@ -159,7 +161,7 @@ def main(argv=None):
             r["update_speedup" + suffix] = (r["hf_s"] + r["learn_s"]) / (r[path + "_s"] + r["learn_s"])
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     # pd's reward part is timed directly (replayed on the last rollout's tokens): the difference
-    # of two ~5 s runs is noise at this size
+    # of two ~2 s runs is noise at this size
     work = reward_work(rewards, out, model.config.vocab_size)
     split = {
         "pd": {"rollout_s": med["pd_plain_s"], "reward_s": work["chosen"] * args.new_tokens / 1e3,

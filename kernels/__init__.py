@@ -1,8 +1,8 @@
 """Triton kernels of the decode step (``proxdecode.kernels``).
 
-Each kernel sits in its own file beside its torch reference; the reference for the whole
-step is ``proxdecode.step.sample_step``, whose counter-based draws (``proxdecode.philox``)
-are bit-exact with ``tl.rand`` so a kernel can match its tokens.
+One kernel, the whole step, in ``sample_step.py``; its reference is
+``proxdecode.step.sample_step``, whose counter-based draws (``proxdecode.philox``) are
+bit-exact with ``tl.rand`` so the kernel can match its tokens.
 
 - ``sample_step.sample_step_triton``: the whole step (penalty, top-k / top-p / min-p
   without sorting, reward steering, Gumbel-max) in one kernel, one program per row; its

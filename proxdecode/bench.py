@@ -150,11 +150,19 @@ def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "f
             row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device, engine)
         rows.append(row)
     result = {"model": pd.models.DEFAULT_MODEL, "dtype": dtype, "device": device, "pd_engine": engine or {},
-              "settings": SETTINGS, "rows": rows, **_machine()}
+              "pd_kv_cache": _kv_cache(model, engine), "settings": SETTINGS, "rows": rows, **_machine()}
     if out_path:
         with open(out_path, "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def _kv_cache(model, engine: dict | None) -> str:
+    """The KV cache ``pd.generate`` takes with these options (``config._static_cache``)."""
+    from .config import _static_cache
+
+    e = engine or {}
+    return "static" if _static_cache(model, e.get("cache_implementation"), e.get("compile") is True) else "dynamic"
 
 
 def _machine() -> dict:

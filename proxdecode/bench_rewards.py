@@ -134,7 +134,9 @@ def step_after_forward_ms(model, rewards, enc, steer: float, new_tokens: int, lo
     """Median ms of everything a steering step runs after the forward (``engine.sample_one``:
     the candidates' rewards, the step, the rollout's columns, the reward state), eager with
     the ``backend="auto"`` step and, where inductor can build, compiled as ``compile=True``
-    runs it; both on the same ``logits``, one fresh call state per timing."""
+    compiles it but in inductor's ``mode="default"`` (``compile=True`` takes the model's
+    compile config, "reduce-overhead": on a GPU a CUDA graph too; on a CPU the same code);
+    both on the same ``logits``, one fresh call state per timing."""
     import shutil
 
     from . import engine

@@ -312,8 +312,8 @@ def _engine_args(p):
     p.add_argument("--linear", default="torch", choices=["torch", "onednn"],
                    help="the model's linear layers: torch (HF's exact logits) or onednn (packed weights, CPU)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="compile the decode step, forward and sampling, or not (default: as HF decides; "
-                        "one compile per shape)")
+                   help="compile the forward, and with rewards the step after it too, or not (default: as HF "
+                        "decides; one compile per shape)")
 
 
 def _reward_args(p):

@@ -93,7 +93,7 @@ class DecodeConfig:
     gamma: float
     prompt_seeds: tuple[int, ...] | None  # one per prompt, None: drawn from torch's RNG
     stop_strings: tuple[str, ...] = ()
-    static_cache: bool = True  # HF's StaticCache; False: DynamicCache (see _static_cache)
+    static_cache: bool = True  # HF's StaticCache; False: DynamicCache. resolve() decides (_static_cache)
     backend: str = "auto"  # the step implementation: auto | torch | triton | cpp
     compile: bool = False  # compile the decode step (the forward; the step after it with rewards)
     compile_required: bool = False  # the caller asked (compile=True): no eager fallback

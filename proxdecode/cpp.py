@@ -1,7 +1,8 @@
 """The C++ decode step on CPU: build on first use, cache, and call it like the torch one.
 
 Why a C++ step: on CPU the sampling step is a visible slice of a decode step (HF's
-sort-based top-k/top-p is 21-36% of it with the default model at batch 8-32), and the
+processors, with their sort-based top-p, were 17% and 27% of HF's step with the default
+model at batch 8 and 32 in the README's runs), and the
 torch reference spends its time in ~40 small ops and int64 Philox arithmetic. The C++
 version (``csrc/sample_step_cpu.cpp``) makes two passes over each row, never sorts the
 vocabulary, and reproduces :func:`proxdecode.step.sample_step`: the same candidate sets,
@@ -13,11 +14,12 @@ Why build at first use rather than at install: the package stays a pure-Python w
 the extension is compiled with ``-march=native`` for the machine that runs it.
 
 The build cache: ``<cache_dir()>/ext/<name>`` where ``name`` hashes the sources and the
-headers named after them, torch's version, the compiler, the flags and, for
+headers named after them, torch's version, the compiler's name (``$CXX``), the flags and, for
 ``-march=native`` builds, the CPU (model name and feature flags from ``/proc/cpuinfo``). A
 home directory shared by machines with different CPUs (a cluster's NFS home) therefore
-never loads a binary built for another CPU: each CPU gets its own build. If ``-march=native`` or OpenMP is refused, a generic build is tried
-(named without the CPU), then one without OpenMP. A failed build leaves ``<name>.failed``
+never loads a binary built for another CPU: each CPU gets its own build. If
+``-march=native`` or OpenMP is refused, a generic build is tried (named without the CPU),
+then one without OpenMP. A failed build leaves ``<name>.failed``
 beside it with the compiler's error, so later processes warn at once instead of compiling
 again (delete it to retry).
 

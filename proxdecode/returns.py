@@ -3,8 +3,9 @@
 A trainer turns per-step rewards into learning signals: REINFORCE wants discounted returns,
 PPO wants GAE advantages (Schulman et al., 2016), GRPO wants each completion's score
 normalised within its group of completions of the same prompt (Shao et al., 2024).
-All three run as one reverse scan over ``T`` (``T`` small ops, no host sync); positions
-where ``mask`` is False contribute nothing and get 0.
+Returns and GAE run as one reverse scan over ``T`` (``T`` small ops, no host sync);
+positions where ``mask`` is False contribute nothing and get 0. Group advantages work on
+one score per completion.
 """
 
 from __future__ import annotations
