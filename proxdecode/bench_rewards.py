@@ -117,6 +117,7 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
 
     reward_ms = {"pd_rewards": _median_ms(ours, device=device),
                  "seed_style": _median_ms(lambda: proc(history, logits), device=device)}
+    ops = dispatch_ops(run, logits, alive)
     step_ms = step_after_forward_ms(model, rewards, enc, steer, new_tokens, logits)
     return {
         "batch": batch, "new_tokens": new_tokens, "runs": runs, "steer": steer, "settings": SETTINGS,
@@ -125,9 +126,37 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
         "rewards_vs_seed_style": tok_s["pd_rewards"] / tok_s["seed_style"],
         "reward_step_ms": reward_ms,
         "reward_step_speedup": reward_ms["seed_style"] / reward_ms["pd_rewards"],
-        "step_after_forward_ms": step_ms,
+        "step_after_forward_ms": step_ms, "dispatch_ops": ops,
         **_machine(),
     }
+
+
+def dispatch_ops(run, logits, alive) -> dict:
+    """Ops each family dispatches in one eager step, ``{name: {"score": n, "update": n}}``:
+    every ATen op but views, i.e. about one kernel launch each on a GPU, where an eager step
+    of many small ops is bound by launches rather than by work. Advances ``run``'s state by
+    one token per row."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.n += not (isinstance(out, torch.Tensor) and out._is_view())
+            return out
+
+    tokens = logits.argmax(-1)  # [B]
+    out = {}
+    for (_, f), st in zip(run.b.live, run.states):
+        with Count() as score:
+            f.score(st, logits)
+        with Count() as update:
+            f.update(st, tokens, alive)
+        out[f.name] = {"score": score.n, "update": update.n}
+    return out
 
 
 def step_after_forward_ms(model, rewards, enc, steer: float, new_tokens: int, logits) -> dict:

@@ -57,4 +57,6 @@ def test_gpu_script_smoke_runs_every_section_without_an_error(tmp_path):
     rows = [r for r in files["rewards"]["rewards"] if "tok_s" in r]
     assert [r["pd_engine"] for r in rows] == [{"compile": True}, {"backend": "triton"}]
     assert all(set(r["tok_s"]) == {"pd", "pd_rewards", "seed_style"} for r in rows)
+    assert all(set(r["dispatch_ops"]) == set(r["stack"]) and r["dispatch_ops"]["sentiment"]["score"] > 0
+               for r in rows)
     assert {r["B"] for r in files["e2e"]["e2e"] if "tokens_per_s" in r} == {1, 2}
