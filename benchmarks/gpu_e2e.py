@@ -177,13 +177,12 @@ def section_rewards(rec, shape, batch, new_tokens, reps, model_dtype, smoke):
     Repetition, Fluency) against ``pd.generate`` without rewards (target >= 0.9x) and against
     the seed-style baseline, HF ``generate`` with a processor that decodes each row's top-20
     candidates and scores them with TextBlob every step (target >= 20x). On a CPU both loops
-    share a forward that is most of a 64-77 ms step, so that ratio cannot pass 1.42x (2.73x
-    with packed linear layers; the README's free-rewards bound); here the forward takes a
-    few ms.
-    First with ``compile=True`` (the forward in a CUDA graph, the whole step after it fused
-    by inductor), then eager with the Triton step, where ``Sentiment`` alone dispatches a
-    few hundred small ops a step (``dispatch_ops``), each a kernel launch: the compiled row
-    is the one the targets are about. Random weights change the texts TextBlob
+    share a forward that is most of a 64-77 ms step, so that ratio cannot pass about 1.4x
+    (about 3x with packed linear layers; the README's free-rewards bound); here the forward
+    takes a few ms. First with ``compile=True`` (the forward in a CUDA graph, the whole step
+    after it fused by inductor), then eager with the Triton step, where ``Sentiment`` alone
+    dispatches a few hundred small ops a step (``dispatch_ops``), each a kernel launch: the
+    compiled row is the one the targets are about. Random weights change the texts TextBlob
     scores, not how much work a call does.
     """
     try:

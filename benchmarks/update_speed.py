@@ -101,7 +101,8 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--gamma", type=float, default=0.99)
-    ap.add_argument("--compile", action="store_true", help="also time pd with the decode step compiled (forward and sampling)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time pd with the decode step compiled (the forward and the step after it)")
     ap.add_argument("--out", default=str(RESULTS / "update-cpu.json"))
     args = ap.parse_args(argv)
 

@@ -14,14 +14,14 @@ Why build at first use rather than at install: the package stays a pure-Python w
 the extension is compiled with ``-march=native`` for the machine that runs it.
 
 The build cache: ``<cache_dir()>/ext/<name>`` where ``name`` hashes the sources and the
-headers named after them, torch's version, the compiler's name (``$CXX``), the flags and, for
-``-march=native`` builds, the CPU (model name and feature flags from ``/proc/cpuinfo``). A
+headers named after them, torch's version, the compiler's name (``$CXX``), the flags
+and, for ``-march=native`` builds, the CPU (model name and feature flags from ``/proc/cpuinfo``). A
 home directory shared by machines with different CPUs (a cluster's NFS home) therefore
 never loads a binary built for another CPU: each CPU gets its own build. If
 ``-march=native`` or OpenMP is refused, a generic build is tried (named without the CPU),
-then one without OpenMP. A failed build leaves ``<name>.failed``
-beside it with the compiler's error, so later processes warn at once instead of compiling
-again (delete it to retry).
+then one without OpenMP. A failed build leaves ``<name>.failed`` beside it with the
+compiler's error, so later processes warn at once instead of compiling again (delete it
+to retry).
 
 Concurrency: each build runs under an exclusive ``flock`` on ``<name>.lock``, released by
 the kernel even if the process dies, so two processes never compile into the same folder;

@@ -66,14 +66,14 @@ class Decoder:
     step has the same shapes: ``[B, 1]`` tokens and positions, and the attention mask at its
     full ``[B, P + T]`` length, zero on the slots not yet written and set to one, in place,
     as each is (so it means what HF's growing mask means, for every attention
-    implementation). So a ``compiled`` forward
-    (``model.get_compiled_call``, HF's cached ``torch.compile`` of the model) compiles once
-    per ``(B, P, T)``; the prefill always runs eager, as in gpt-fast and HF, since its shapes
-    change with every prompt batch. A compiled decoder reuses one static cache per model and
-    shape, as HF's ``generate`` keeps ``model._cache``: CUDA graphs are recorded against
-    fixed addresses. ``compile_required=False`` (HF's automatic choice) runs eager where the
-    model has no static cache; True raises. ``linear="onednn"`` runs the linear layers on
-    oneDNN-packed weights (``linear.py``), packed at the prefill, dropped with the decoder.
+    implementation). So a ``compiled`` forward (``model.get_compiled_call``, HF's cached
+    ``torch.compile`` of the model) compiles once per ``(B, P, T)``; the prefill always runs
+    eager, as in gpt-fast and HF, since its shapes change with every prompt batch. A
+    compiled decoder reuses one static cache per model and shape, as HF's ``generate`` keeps
+    ``model._cache``: CUDA graphs are recorded against fixed addresses.
+    ``compile_required=False`` (HF's automatic choice) runs eager where the model has no
+    static cache; True raises. ``linear="onednn"`` runs the linear layers on oneDNN-packed
+    weights (``linear.py``), packed at the prefill, dropped with the decoder.
     """
 
     def __init__(self, model, max_new_tokens: int, static_cache: bool = True, compiled=None,

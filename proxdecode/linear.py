@@ -22,8 +22,9 @@ Costs, and why this is opt-in (``pd.generate(..., linear="onednn")``):
   ``F.linear`` and HF's exact tokens.
 
 Only plain ``nn.Linear`` layers with fp32 or bf16 weights on the CPU are packed (bf16
-needs a CPU with AVX-512 or AVX-NE-CONVERT, checked up front); a layer whose ``forward`` something else
-already replaced (accelerate's offload hooks) or that has hooks is left alone. The swap
+needs a CPU with AVX-512 or AVX-NE-CONVERT, checked up front); a layer whose ``forward``
+something else already replaced (accelerate's offload hooks) or that has hooks is left
+alone. The swap
 lasts one forward call: nothing of the model is changed outside it.
 """
 

@@ -180,7 +180,8 @@ def _resolve(backend: str, dev: str):
 
     if backend == "torch":
         return sample_step
-    if backend in ("triton", "auto") and (dev == "cuda" or (backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1")):
+    interpreted = backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
+    if backend in ("triton", "auto") and (dev == "cuda" or interpreted):
         try:
             from proxdecode.kernels.sample_step import sample_step_triton
             return sample_step_triton

@@ -20,11 +20,11 @@ import re
 import sys
 import tempfile
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from proxdecode.kernels import sample_step as ks  # noqa: E402
+from proxdecode.kernels import sample_step as ks
 
 # the runtime arguments' types, as the launcher passes them (sample_step_triton); si_ptr is
 # an int32 scratch on the tile path and the int64 tokens (unused) off it
