@@ -1,7 +1,8 @@
 // ATen binding of the CUDA decode step (csrc/sample_step_cuda.cu).
 //
-// STATUS: compile-checked only (against a CPU build of torch, whose headers are enough here:
-// this file uses no CUDA header; the stream comes from Python as a raw handle). See the
+// STATUS: built, never run (against a CPU build of torch, whose headers and libraries are
+// enough here: this file uses no CUDA header; the stream comes from Python as a raw handle;
+// tests/test_sample_step_cuda_build.py links it with the kernel and imports the module). See the
 // header of sample_step_cuda.cu. proxdecode.cpp.sample_step_cuda is the Python entry.
 //
 // Same arguments as the CPU binding (csrc/sample_step_cpu.cpp), all tensors on one CUDA
@@ -91,7 +92,7 @@ std::vector<at::Tensor> sample_step_cuda(const at::Tensor& logits, const at::Ten
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "proxdecode's fused decode step on CUDA (see csrc/sample_step_cuda.cu; compile-checked only)";
+  m.doc() = "proxdecode's fused decode step on CUDA (see csrc/sample_step_cuda.cu; built, never run on a GPU)";
   m.def("sample_step", &sample_step_cuda, "the decode step on CUDA", pybind11::arg("logits"),
         pybind11::arg("seeds"), pybind11::arg("step"), pybind11::arg("do_sample"), pybind11::arg("temperature"),
         pybind11::arg("top_k"), pybind11::arg("use_top_p"), pybind11::arg("top_p"), pybind11::arg("use_min_p"),
