@@ -2,8 +2,8 @@
 //
 // STATUS: built, never run (against a CPU build of torch, whose headers and libraries are
 // enough here: this file uses no CUDA header; the stream comes from Python as a raw handle;
-// tests/test_sample_step_cuda_build.py links it with the kernel and imports the module). See the
-// header of sample_step_cuda.cu. proxdecode.cpp.sample_step_cuda is the Python entry.
+// tests/test_sample_step_cuda_build.py links it with the kernel and imports the module).
+// See the header of sample_step_cuda.cu. proxdecode.cpp.sample_step_cuda is the Python entry.
 //
 // Same arguments as the CPU binding (csrc/sample_step_cpu.cpp), all tensors on one CUDA
 // device, plus `stream`: torch.cuda.current_stream().cuda_stream, so the kernel is ordered

@@ -2,9 +2,11 @@
 //
 // STATUS: built, never run: no machine it was written on had a GPU. Where nvcc is on the
 // PATH, `make test` compiles it for sm_80 and sm_90 (CUDA 13 here: 56 registers, no spill)
-// and links it with its binding into a module that imports (tests/test_sample_step_cuda_build.py). Its contract is proxdecode.step.sample_step's, and it is meant to be
-// checked against it on a GPU (tests/test_sample_step_cpp.py's oracle, with the inputs on
-// CUDA) before anything relies on it; the Triton step (kernels/) is the CUDA path in use.
+// and links it with its binding into a module that imports
+// (tests/test_sample_step_cuda_build.py). Its contract is proxdecode.step.sample_step's,
+// and it is meant to be checked against it on a GPU (tests/test_sample_step_cpp.py's
+// oracle, with the inputs on CUDA; benchmarks/gpu.sh does one such check) before anything
+// relies on it; the Triton step (kernels/) is the CUDA path in use.
 //
 // Why a second GPU implementation beside Triton: it is the same algorithm as the CPU
 // file (csrc/sample_step_cpu.cpp) in the shape a GPU wants, for builds without Triton and
