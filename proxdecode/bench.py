@@ -158,11 +158,14 @@ def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "f
 
 
 def _kv_cache(model, engine: dict | None) -> str:
-    """The KV cache ``pd.generate`` takes with these options (``config._static_cache``)."""
-    from .config import _static_cache
+    """The KV cache ``pd.generate`` takes with these options, decided as ``DecodeConfig.resolve``
+    decides it (compile first, then the cache)."""
+    from .config import _decide_compile, _static_cache
 
     e = engine or {}
-    return "static" if _static_cache(model, e.get("cache_implementation"), e.get("compile") is True) else "dynamic"
+    cache = e.get("cache_implementation")
+    compiled = _decide_compile(model, model.generation_config, cache, e.get("compile"))
+    return "static" if _static_cache(model, cache, compiled) else "dynamic"
 
 
 def _machine() -> dict:

@@ -83,8 +83,6 @@ def cmd_generate(args):
     entries = _reward_entries(args.reward, args.rewards)
     if args.steer != 0 and not entries:
         raise ValueError("--steer needs a --reward or a --rewards file (there is nothing to steer with)")
-    if any(not p for p in args.prompts):
-        raise ValueError("prompts: an empty prompt has no tokens to continue from")
     model, tok = pd.load_model(args.model, dtype=args.dtype)
     out = _generate(model, tok, args.prompts, entries, args, args.steer)
     rows = _rows(out, tok, args.prompts, args.n)
@@ -260,6 +258,14 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def prompt(text: str) -> str:
+    """argparse type: a prompt with some text, refused before any model loads (an empty one
+    has no tokens to continue from)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty prompt has no tokens to continue from")
+    return text
+
+
 def at_least(low: int):
     """argparse type: an integer >= ``low``, refused before any model loads."""
     def parse(text):
@@ -337,7 +343,7 @@ def main(argv=None):
     steer = dict(type=number(), help="beta: sample from softmax(z / T + beta * R) inside the candidate set; "
                                       "0 is plain sampling")
     g = sub.add_parser("generate", help="generate and show per-token rewards", **fmt)
-    g.add_argument("prompts", nargs="+")
+    g.add_argument("prompts", nargs="+", type=prompt)
     _reward_args(g)
     g.add_argument("--steer", default=0.0, **steer)
     g.add_argument("--json", action="store_true", help="print one JSON document instead of the coloured view")
@@ -364,7 +370,7 @@ def main(argv=None):
     _engine_args(b)
     b.add_argument("--out", default=None, help="also write the JSON result here")
     t = sub.add_parser("train", help="on-policy updates from proximal rewards (pd.rl.train)", **fmt)
-    t.add_argument("prompts", nargs="+")
+    t.add_argument("prompts", nargs="+", type=prompt)
     _reward_args(t)
     t.add_argument("--model", default=None, help="local HF model folder (default: SmolLM2-135M-Instruct)")
     t.add_argument("--steps", type=at_least(1), default=10, help="updates (each a rollout of every prompt)")

@@ -85,7 +85,7 @@ def load_model(name: str | None = None, dtype: str | torch.dtype = "float32", de
         dtype = allowed.get(dtype, dtype)
     if dtype not in allowed.values():
         raise ValueError(f"dtype must be one of {sorted(allowed)}, got {dtype!r}")
-    if name is not None and not Path(name).is_dir():
+    if name is not None and (not name or not Path(name).is_dir()):  # Path("") is the current folder
         raise ValueError(f"model {name!r}: no such folder (a local HF model folder, with config.json and the "
                          "weights; nothing is downloaded)")
     path = name or _default_path()

@@ -27,9 +27,11 @@ QUIT = object()
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``rate`` subcommand to ``proxdecode``'s argparse subparsers."""
+    from .cli import prompt  # cli adds this parser: loaded by the time it calls
+
     p = subparsers.add_parser("rate", help="rate generated texts 1-5 into a JSONL file for HumanFeedback",
                               description=__doc__.split("\n")[0])
-    p.add_argument("--prompt", action="append", default=None, dest="prompts",
+    p.add_argument("--prompt", action="append", default=None, dest="prompts", type=prompt,
                    help="a prompt to continue (repeatable; default: " + "; ".join(DEFAULT_PROMPTS) + ")")
     p.add_argument("-n", type=int, default=3, help="continuations per prompt")
     p.add_argument("--out", default="ratings.jsonl", help="JSONL file the ratings are appended to")

@@ -3,6 +3,7 @@ the one-shot GPU script still runs (its ``--smoke`` mode, on CPU), since no GPU 
 catch it breaking."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -57,6 +58,9 @@ def test_gpu_script_smoke_runs_every_section_without_an_error(tmp_path):
     rows = [r for r in files["rewards"]["rewards"] if "tok_s" in r]
     assert [r["pd_engine"] for r in rows] == [{"compile": True}, {"backend": "triton"}]
     assert all(set(r["tok_s"]) == {"pd", "pd_rewards", "seed_style"} for r in rows)
+    assert all(math.isfinite(v) and v > 0 for r in rows for v in r["tok_s"].values())
+    assert all(r["rewards_vs_none"] > 0 and r["reward_step_speedup"] > 0 for r in rows)
+    assert all("compiled_error" not in r["step_after_forward_ms"] for r in rows), "the step failed to compile"
     assert all(set(r["dispatch_ops"]) == set(r["stack"]) and r["dispatch_ops"]["sentiment"]["score"] > 0
                for r in rows)
     assert {r["B"] for r in files["e2e"]["e2e"] if "tokens_per_s" in r} == {1, 2}

@@ -70,6 +70,8 @@ def test_engine_flags_reach_generate(real, capsys, packed_calls):
     (["bench", "--rewards", "--dtype", "bfloat16"], "run the default model in float32 on the CPU"),
     (["bench", "--device", "gpu"], "--device 'gpu'"),
     (["generate", "", "x"], "empty prompt"),
+    (["train", " ", "--reward", "sentiment"], "empty prompt"),
+    (["rate", "--prompt", ""], "empty prompt"),
     (["bench", "--batch", "0"], "--batch: must be an integer >= 1"),
     (["bench", "--runs", "0"], "--runs: must be an integer >= 1"),
     (["train", "x", "--reward", "sentiment", "--group-size", "0"], "--group-size: must be an integer >= 1"),
@@ -89,9 +91,11 @@ def test_bad_input_is_refused_before_the_model_loads(monkeypatch, capsys, args, 
     assert re.search(match, message), message
 
 
-def test_a_model_folder_that_does_not_exist_is_named(tmp_path):
-    with pytest.raises(SystemExit, match="no such folder"):
-        main(["generate", "x", "--model", str(tmp_path / "missing"), "--max-new-tokens", "2"])
+@pytest.mark.parametrize("folder", ["missing", ""])  # "": Path("") is the current folder, not a model
+def test_a_model_folder_that_does_not_exist_is_named(tmp_path, monkeypatch, folder):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=f"model '{folder}': no such folder"):
+        main(["generate", "x", "--model", folder, "--max-new-tokens", "2"])
 
 
 def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
