@@ -20,7 +20,8 @@ sections live in ``gpu_step.py`` (check, timing) and ``gpu_e2e.py`` (rewards, e2
 4. ``rewards``: issue 3's speed rows (``proxdecode bench --rewards``' own code) on a
    random-weight smollm2-135m at batch 8: the full reward stack steering against no
    rewards and against the seed-style baseline (HF ``generate`` + a TextBlob processor
-   over the top-20 candidates), with ``compile=True`` and then eager with the Triton step.
+   over the top-20 candidates), with ``compile=True`` and then eager with the Triton step;
+   the step costs (reward work, ops, the step after the forward) with the first only.
    It needs textblob, which the GPU machine lacks: see "Wheels" below. It runs between
    the first model's ``e2e`` cells and the second model's, so the deadline, which skips
    from the end, spares both issues' targets.

@@ -204,11 +204,12 @@ def section_rewards(rec, shape, batch, new_tokens, reps, model_dtype, smoke):
         return
     for engine, need in (({"compile": True}, 20 if smoke else 150), ({"backend": "triton"}, 20 if smoke else 40)):
         def run(engine=engine):
+            first = "compile" in engine  # the step costs do not depend on the engine: measured once
             res = rewards_speed(batch=batch, new_tokens=new_tokens, runs=reps, steer=2.0, engine=engine,
-                                model=loaded["model"], tok=loaded["tok"])
-            return {k: res[k] for k in ("tok_s", "rewards_vs_none", "rewards_vs_seed_style", "reward_step_ms",
-                                        "reward_step_speedup", "step_after_forward_ms", "dispatch_ops", "stack",
-                                        "settings", "seconds", "cpu")}
+                                model=loaded["model"], tok=loaded["tok"], step_costs=first)
+            keys = ("tok_s", "rewards_vs_none", "rewards_vs_seed_style", "stack", "settings", "seconds", "cpu")
+            keys += ("reward_step_ms", "reward_step_speedup", "step_after_forward_ms", "dispatch_ops") if first else ()
+            return {k: res[k] for k in keys}
         rec.guarded("rewards", "rewards", {"model": shape, "B": batch, "new_tokens": new_tokens, "steer": 2.0,
                                            "pd_engine": engine, "model_dtype": str(model_dtype).split(".")[-1]},
                     run, need_s=need)

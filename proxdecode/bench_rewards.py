@@ -68,10 +68,12 @@ def full_stack(tok):
 
 
 def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: float = 2.0,
-                  engine: dict | None = None, model=None, tok=None) -> dict:
+                  engine: dict | None = None, model=None, tok=None, step_costs: bool = True) -> dict:
     """``engine``: pd.generate's own options (backend, linear, compile) for both pd rows;
     ``model``/``tok``: the default model when None (``benchmarks/gpu.py`` passes a
-    random-weight one)."""
+    random-weight one); ``step_costs``: also time one step's reward work and the step after
+    the forward, and count its ops (the same whatever ``engine`` is: a second engine on the
+    same model can skip them)."""
     import proxdecode as pd
     from transformers import LogitsProcessorList
 
@@ -99,6 +101,15 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
                          runs, device, engine)
     med = {k: statistics.median(v) for k, v in times.items()}
     tok_s = {k: batch * new_tokens / v for k, v in med.items()}
+    res = {
+        "batch": batch, "new_tokens": new_tokens, "runs": runs, "steer": steer, "settings": SETTINGS,
+        "pd_engine": engine or {}, "stack": rewards.names, "seconds": times, "tok_s": tok_s,
+        "rewards_vs_none": tok_s["pd_rewards"] / tok_s["pd"],
+        "rewards_vs_seed_style": tok_s["pd_rewards"] / tok_s["seed_style"],
+        **_machine(),
+    }
+    if not step_costs:
+        return res
 
     # the reward work alone, one step, the same logits and history
     logits = torch.randn(batch, model.config.vocab_size, device=device) * 3
@@ -119,16 +130,8 @@ def rewards_speed(batch: int = 8, new_tokens: int = 32, runs: int = 3, steer: fl
                  "seed_style": _median_ms(lambda: proc(history, logits), device=device)}
     ops = dispatch_ops(run, logits, alive)
     step_ms = step_after_forward_ms(model, rewards, enc, steer, new_tokens, logits)
-    return {
-        "batch": batch, "new_tokens": new_tokens, "runs": runs, "steer": steer, "settings": SETTINGS,
-        "pd_engine": engine or {}, "stack": rewards.names, "seconds": times, "tok_s": tok_s,
-        "rewards_vs_none": tok_s["pd_rewards"] / tok_s["pd"],
-        "rewards_vs_seed_style": tok_s["pd_rewards"] / tok_s["seed_style"],
-        "reward_step_ms": reward_ms,
-        "reward_step_speedup": reward_ms["seed_style"] / reward_ms["pd_rewards"],
-        "step_after_forward_ms": step_ms, "dispatch_ops": ops,
-        **_machine(),
-    }
+    return dict(res, reward_step_ms=reward_ms, reward_step_speedup=reward_ms["seed_style"] / reward_ms["pd_rewards"],
+                step_after_forward_ms=step_ms, dispatch_ops=ops)
 
 
 def dispatch_ops(run, logits, alive) -> dict:

@@ -154,19 +154,23 @@ def _compiled_sample_one(model, compile_config, required: bool):
 
 
 def _hf_inputs(model, input_ids, attention_mask, kwargs: dict):
-    """HF's ways to give the prompt: ``inputs=``, ``generate(ids, generation_config)``, and
+    """HF's ways to give the prompt: ``inputs=``, ``input_ids=`` / ``attention_mask=`` as
+    keywords, ``generate(ids, generation_config)`` (with or without ``attention_mask=``), and
     none at all (one row of ``bos_token_id``). Moves ``generation_config`` into ``kwargs``."""
     from transformers import GenerationConfig
 
-    inputs = kwargs.pop("inputs", None)
-    if inputs is not None:
-        if input_ids is not None:
-            raise TypeError("pd.generate: got both input_ids and inputs (HF's name for the same); pass one")
-        input_ids = inputs
     if isinstance(attention_mask, GenerationConfig):
         if kwargs.get("generation_config") is not None:
             raise TypeError("pd.generate: generation_config given twice (positionally and by keyword)")
         kwargs["generation_config"], attention_mask = attention_mask, None
+    given = {"input_ids": input_ids, "attention_mask": attention_mask}
+    for name, slot in (("inputs", "input_ids"), ("input_ids", "input_ids"), ("attention_mask", "attention_mask")):
+        value = kwargs.pop(name, None)
+        if value is not None and given[slot] is not None:
+            alias = " (HF's name for input_ids)" if name == "inputs" else ""
+            raise TypeError(f"pd.generate: a second value for {slot} came as {name}={alias}; pass one")
+        given[slot] = value if value is not None else given[slot]
+    input_ids, attention_mask = given["input_ids"], given["attention_mask"]
     if input_ids is None:
         gc = kwargs.get("generation_config")
         choices = (kwargs.get("bos_token_id"), getattr(gc, "bos_token_id", None), model.generation_config.bos_token_id)
@@ -178,18 +182,19 @@ def _hf_inputs(model, input_ids, attention_mask, kwargs: dict):
 
 
 @torch.inference_mode()
-def generate(model, input_ids=None, attention_mask=None, *, rewards=None, steer: float = 0.0,
+def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, steer: float = 0.0,
              gamma: float = 1.0, seed=None, backend: str = "auto", compile: bool | None = None,
              linear: str = "torch", **generate_kwargs):
     """A drop-in for ``model.generate`` that can steer with, and record, proximal rewards.
 
     Args:
         model: a HF causal LM.
-        input_ids: ``[B, P]`` int64 prompts, left-padded (HF's ``inputs=`` also works).
-            None starts one row from ``bos_token_id``, as HF does.
-        attention_mask: ``[B, P]``, 0 on padding; inferred as HF does when None. A
-            ``GenerationConfig`` in this place is HF's second positional argument and is
-            taken as ``generation_config``.
+        input_ids: ``[B, P]`` int64 prompts, left-padded; by position or keyword (HF's
+            ``inputs=`` also works). None starts one row from ``bos_token_id``, as HF does.
+        attention_mask: ``[B, P]``, 0 on padding, by position or keyword; inferred as HF
+            does when None. A ``GenerationConfig`` in the second place is HF's second
+            positional argument and is taken as ``generation_config``, so
+            ``generate(model, ids, gc, attention_mask=m)`` reads as HF's would.
         rewards: a ``pd.Rewards`` set, or None.
         steer: beta; sampling is from ``softmax(z / T + beta * R)`` inside the LM's
             top-k / top-p / min-p candidate set. 0 is plain HF sampling.

@@ -42,8 +42,26 @@ def test_hf_ways_to_pass_prompt_and_config(tiny, enc):
     _same(pd.generate(model, inputs=ids, max_new_tokens=6), model.generate(inputs=ids, max_new_tokens=6))
     _same(pd.generate(model, max_new_tokens=6), model.generate(max_new_tokens=6))  # from BOS
     _same(pd.generate(model, input_ids=ids, inputs=None, max_new_tokens=6), model.generate(ids, max_new_tokens=6))
-    with pytest.raises(TypeError, match="inputs"):
+    with pytest.raises(TypeError, match="input_ids came as inputs="):
         pd.generate(model, ids, inputs=ids, max_new_tokens=2)
+
+
+def test_config_by_position_with_the_mask_by_keyword(tiny, enc):
+    """HF's ``generate(ids, gc, attention_mask=m)``: the second place holds the config, the
+    mask comes by keyword; and every prompt argument by keyword, as ``**enc`` passes them."""
+    model, _ = tiny
+    ids, mask = enc["input_ids"], enc["attention_mask"].clone()
+    mask[1, :4] = 0  # masks the unpadded row's first words: a mask no inference from ids gives
+    gc = GenerationConfig(max_new_tokens=6)
+    hf = model.generate(ids, gc, attention_mask=mask)
+    assert not torch.equal(model.generate(ids, gc), hf), "the mask must change the output, or it is not tested"
+    _same(pd.generate(model, ids, gc, attention_mask=mask), hf)
+    _same(pd.generate(model, ids, mask, generation_config=gc), hf)  # DESIGN.md's positional mask
+    _same(pd.generate(model, input_ids=ids, attention_mask=mask, generation_config=gc), hf)
+    with pytest.raises(TypeError, match="attention_mask came as attention_mask="):
+        pd.generate(model, ids, mask, attention_mask=mask, max_new_tokens=2)
+    with pytest.raises(TypeError, match="input_ids came as input_ids="):
+        pd.generate(model, ids, input_ids=ids, max_new_tokens=2)
 
 
 def test_inert_values_of_unimplemented_arguments_are_accepted(tiny, enc):
