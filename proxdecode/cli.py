@@ -15,28 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
+
+from .argtypes import HelpWithDefaults, at_least, number, prompt
 
 def _reward_entries(specs, config) -> list:
     """``--reward`` specs and a ``--rewards`` TOML file read and checked, before any model
-    loads: ``(kind, keyword arguments, where)`` each."""
+    loads (``registry.Entry`` each: ``.build(model)`` gives the family)."""
     from .rewards import registry
 
-    entries = [(*registry.parse_spec(s), f"--reward {s}") for s in specs]
-    return entries + (registry.read_config(config) if config else [])
-
-
-def _reward_families(entries, model):
-    from .rewards import registry
-
-    return [registry.build(kind, kwargs, model, where) for kind, kwargs, where in entries]
+    return [registry.parse_spec(s) for s in specs] + (registry.read_config(config) if config else [])
 
 
 def _generate(model, tok, prompts, entries, args, steer):
     import proxdecode as pd
 
-    families = _reward_families(entries, model)
+    families = [entry.build(model) for entry in entries]
     rewards = pd.Rewards(tok, families) if families else None
     enc = tok(prompts, return_tensors="pt", padding=True)
     kw = dict(max_new_tokens=args.max_new_tokens, num_return_sequences=args.n,
@@ -180,7 +174,7 @@ def cmd_train(args):
     if not entries:
         raise ValueError("train needs at least one --reward or a --rewards file")
     model, tok = pd.load_model(args.model)
-    families = _reward_families(entries, model)
+    families = [entry.build(model) for entry in entries]
     layers = len(model.model.layers)
     if args.train_layers > layers:
         raise ValueError(f"--train-layers must be in [0, {layers}] (the model's layers; 0: all), "
@@ -248,54 +242,6 @@ def _bench_rewards(args):
     print(json.dumps(res))
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default where it says something: not None, False or [], and not twice."""
-
-    def _get_help_string(self, action):
-        empty = action.default is None or action.default is False or action.default == []
-        if empty or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def prompt(text: str) -> str:
-    """argparse type: a prompt with some text, refused before any model loads (an empty one
-    has no tokens to continue from)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty prompt has no tokens to continue from")
-    return text
-
-
-def at_least(low: int):
-    """argparse type: an integer >= ``low``, refused before any model loads."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-    return parse
-
-
-def number(low=None, high=None, low_open=False):
-    """argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        too_low = low is not None and (value <= low if low_open else value < low)
-        if not math.isfinite(value) or too_low or (high is not None and value > high):
-            where = "" if low is None and high is None else (
-                f" in {'(' if low_open else '['}{'-inf' if low is None else f'{low:g}'}, "
-                f"{'inf' if high is None else f'{high:g}'}]")
-            raise argparse.ArgumentTypeError(f"must be a finite number{where}, got {text}")
-        return value
-    return parse
-
-
 def _sampling_args(p, n=1):
     p.add_argument("--model", default=None, help="local HF model folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -339,7 +285,7 @@ def _engine(args) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="proxdecode", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    fmt = dict(formatter_class=_Help)
+    fmt = dict(formatter_class=HelpWithDefaults)
     steer = dict(type=number(), help="beta: sample from softmax(z / T + beta * R) inside the candidate set; "
                                       "0 is plain sampling")
     g = sub.add_parser("generate", help="generate and show per-token rewards", **fmt)

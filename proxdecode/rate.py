@@ -20,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 
+from .argtypes import HelpWithDefaults, at_least, number, prompt
+
 DEFAULT_PROMPTS = ["I like to eat", "Today is a", "The best way to learn is"]  # the seed's two, and one more
 ASK = "[bold]rating[/bold] 1-5 ([bold]s[/bold] skip, [bold]q[/bold] quit): "
 QUIT = object()
@@ -27,22 +29,21 @@ QUIT = object()
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``rate`` subcommand to ``proxdecode``'s argparse subparsers."""
-    from .cli import prompt  # cli adds this parser: loaded by the time it calls
-
     p = subparsers.add_parser("rate", help="rate generated texts 1-5 into a JSONL file for HumanFeedback",
-                              description=__doc__.split("\n")[0])
+                              description=__doc__.split("\n")[0], formatter_class=HelpWithDefaults)
     p.add_argument("--prompt", action="append", default=None, dest="prompts", type=prompt,
                    help="a prompt to continue (repeatable; default: " + "; ".join(DEFAULT_PROMPTS) + ")")
-    p.add_argument("-n", type=int, default=3, help="continuations per prompt")
+    p.add_argument("-n", type=at_least(1), default=3, help="continuations per prompt")
     p.add_argument("--out", default="ratings.jsonl", help="JSONL file the ratings are appended to")
     p.add_argument("--model", default=None, help="local HF model folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("--tiny", action="store_true", help="a random-weight tiny model (tests; no weights needed)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0, help="prompt i samples with seed + i")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the model's weights")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=32, help="tokens per text, at most")
+    p.add_argument("--temperature", type=number(0.0, low_open=True), default=1.0, help="> 0")
+    p.add_argument("--top-k", type=at_least(0), default=50, help="0: no top-k")
+    p.add_argument("--top-p", type=number(0.0, 1.0, low_open=True), default=0.95, help="in (0, 1]; 1: no top-p")
+    p.add_argument("--seed", type=at_least(0), default=0, help="prompt i samples with seed + i")
     return p
 
 
@@ -76,10 +77,6 @@ def main(args, console=None) -> int:
 
     console = console or Console()
     prompts = args.prompts or DEFAULT_PROMPTS
-    if args.n < 1:
-        raise ValueError(f"-n must be at least 1, got {args.n}")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     out = Path(args.out)
     if out.exists() and not out.is_file():
         raise ValueError(f"--out {out} is not a file")

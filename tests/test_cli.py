@@ -1,5 +1,6 @@
 """The command line, driven as a user would."""
 
+import functools
 import json
 
 import pytest
@@ -72,6 +73,11 @@ def test_engine_flags_reach_generate(real, capsys, packed_calls):
     (["generate", "", "x"], "empty prompt"),
     (["train", " ", "--reward", "sentiment"], "empty prompt"),
     (["rate", "--prompt", ""], "empty prompt"),
+    (["rate", "-n", "0"], "-n: must be an integer >= 1"),
+    (["rate", "--max-new-tokens", "0"], "--max-new-tokens: must be an integer >= 1"),
+    (["rate", "--temperature", "0"], r"--temperature: must be a finite number in \(0, inf\]"),
+    (["rate", "--top-p", "1.5"], r"--top-p: must be a finite number in \(0, 1\]"),
+    (["rate", "--top-k", "-1"], "--top-k: must be an integer >= 0"),
     (["bench", "--batch", "0"], "--batch: must be an integer >= 1"),
     (["bench", "--runs", "0"], "--runs: must be an integer >= 1"),
     (["train", "x", "--reward", "sentiment", "--group-size", "0"], "--group-size: must be an integer >= 1"),
@@ -105,9 +111,31 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     (tmp_path / "ratings.jsonl").write_text('{"text": "I like apples.", "rating": 5}\n{"text": "no", "rating": 1}\n')
     (tmp_path / "rewards.toml").write_text('[[reward]]\ntype = "human"\nratings = "ratings.jsonl"\n')
     monkeypatch.chdir("/")
-    [(kind, kwargs, _)] = registry.read_config(tmp_path / "rewards.toml")
-    assert kind == "human" and kwargs["ratings"] == str(tmp_path / "ratings.jsonl")
+    [entry] = registry.read_config(tmp_path / "rewards.toml")
+    assert entry.kind == "human" and entry.kwargs["ratings"] == str(tmp_path / "ratings.jsonl")
     assert registry.from_config(tmp_path / "rewards.toml")[0].ratings[0] == ("I like apples.", 5)
+
+
+def test_a_model_free_family_is_built_once(tmp_path, monkeypatch, tiny):
+    """Checking a spec builds a family that needs no model (its own checks run before any
+    model loads); building it with the model then gives that same family: the ratings file
+    is read once. A family that takes the model is built with it, not before."""
+    from proxdecode.rewards import HumanFeedback, registry
+
+    ratings = tmp_path / "r.jsonl"
+    ratings.write_text('{"text": "I like apples.", "rating": 5}\n{"text": "no", "rating": 1}\n')
+    reads, read = [], HumanFeedback.from_ratings
+
+    @functools.wraps(read)  # the registry checks arguments against the signature
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return read(*args, **kwargs)
+    monkeypatch.setattr(HumanFeedback, "from_ratings", counted)
+    entry = registry.parse_spec(f"human:{ratings}")
+    assert len(reads) == 1 and entry.build(tiny[0]) is entry.family is entry.build(None)
+    assert len(reads) == 1
+    topic = registry.parse_spec("topic:fruit")
+    assert topic.family is None and type(topic.build(tiny[0])).__name__ == "Topic"
 
 
 def test_train_passes_the_rollouts_sampling_options(tiny, monkeypatch):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -116,22 +117,40 @@ def build(kind: str, kwargs: dict, model=None, where: str = "reward"):
         raise ValueError(f"{where}: {kind}: {e}") from e
 
 
-def _try(kind: str, kwargs: dict, where: str) -> None:
-    """Build the family once, without a model, so its own checks run before any model loads
-    (families that take a model or a model path are built later, with it)."""
+@dataclass(frozen=True)
+class Entry:
+    """One reward family as the user named it (a ``--reward`` spec or a ``[[reward]]``
+    table), checked. A family that needs no model is built while checking and kept, so its
+    own checks run before any model loads and a ratings file is read once."""
+
+    kind: str  # the registry name, a key of FAMILIES
+    kwargs: dict  # its keyword arguments; model paths still as strings
+    where: str  # how errors name it: "--reward keywords:apple" or "rewards config F, reward #2"
+    family: object = None  # the built family, when it needs no model
+
+    def build(self, model=None):
+        """The family; ``model`` is the policy, for those that take it (``topic``) or default
+        to it (``fluency``); a ``reference`` given by path is loaded here."""
+        return self.family if self.family is not None else build(self.kind, self.kwargs, model, self.where)
+
+
+def _entry(kind: str, kwargs: dict, where: str) -> Entry:
+    """Checked against the signature, then built when the family needs no model (families
+    that take a model or a model path are built later, with it)."""
+    check(kind, kwargs, where)
     if kind in ("kl", "fluency", "topic"):
         ref = kwargs.get("reference")
         if isinstance(ref, str) and not Path(ref).is_dir():
             raise ValueError(f"{where}: reference {ref!r}: no such model folder")
-        return
+        return Entry(kind, kwargs, where)
     try:
-        build(kind, kwargs, None, where)
+        return Entry(kind, kwargs, where, build(kind, kwargs, None, where))
     except ValueError as e:
         raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
 
 
-def parse_spec(spec: str) -> tuple[str, dict]:
-    """``name[:args][=weight]`` -> ``(name, keyword arguments)``, checked, no model needed."""
+def parse_spec(spec: str) -> Entry:
+    """``name[:args][=weight]``, e.g. ``keywords:apple,orange=0.5``, checked, no model needed."""
     where = f"--reward {spec}"
     body, weight = spec, None
     head, sep, tail = spec.rpartition("=")
@@ -155,21 +174,18 @@ def parse_spec(spec: str) -> tuple[str, dict]:
         raise ValueError(f"{where}: cannot read {arg!r} (the form is {form}): {e}") from None
     if weight is not None:
         kwargs["weight"] = weight
-    check(name, kwargs, where)
-    _try(name, kwargs, where)
-    return name, kwargs
+    return _entry(name, kwargs, where)
 
 
 def from_spec(spec: str, model=None):
     """``name[:args][=weight]`` -> a family, e.g. ``keywords:apple,orange=0.5``."""
-    name, kwargs = parse_spec(spec)
-    return build(name, kwargs, model, where=f"--reward {spec}")
+    return parse_spec(spec).build(model)
 
 
-def read_config(path) -> list[tuple[str, dict, str]]:
-    """The ``[[reward]]`` tables of a TOML file as ``(kind, keyword arguments, where)``,
-    checked, no model needed. Relative file and model paths (``ratings``, ``reference``) are
-    relative to the config file's folder, so the file works from any working directory."""
+def read_config(path) -> list[Entry]:
+    """The ``[[reward]]`` tables of a TOML file, checked, no model needed. Relative file and
+    model paths (``ratings``, ``reference``) are relative to the config file's folder, so
+    the file works from any working directory."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -196,12 +212,10 @@ def read_config(path) -> list[tuple[str, dict, str]]:
         for key in ("ratings", "reference"):
             if isinstance(entry.get(key), str) and entry[key] and not Path(entry[key]).is_absolute():
                 entry[key] = str(path.parent / entry[key])
-        check(kind, entry, where)
-        _try(kind, entry, where)
-        out.append((kind, entry, where))
+        out.append(_entry(kind, entry, where))
     return out
 
 
 def from_config(path, model=None) -> list:
     """The families listed as ``[[reward]]`` tables in a TOML file."""
-    return [build(kind, kwargs, model, where) for kind, kwargs, where in read_config(path)]
+    return [entry.build(model) for entry in read_config(path)]
