@@ -19,6 +19,7 @@ import sys
 
 from .argtypes import HelpWithDefaults, at_least, number, prompt
 
+
 def _reward_entries(specs, config) -> list:
     """``--reward`` specs and a ``--rewards`` TOML file read and checked, before any model
     loads (``registry.Entry`` each: ``.build(model)`` gives the family)."""

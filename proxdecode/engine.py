@@ -163,13 +163,17 @@ def _hf_inputs(model, input_ids, attention_mask, kwargs: dict):
         if kwargs.get("generation_config") is not None:
             raise TypeError("pd.generate: generation_config given twice (positionally and by keyword)")
         kwargs["generation_config"], attention_mask = attention_mask, None
-    given = {"input_ids": input_ids, "attention_mask": attention_mask}
+    given = {"input_ids": input_ids, "attention_mask": attention_mask}  # slot -> value
+    source = {slot: "by position" for slot, v in given.items() if v is not None}  # slot -> how it came
     for name, slot in (("inputs", "input_ids"), ("input_ids", "input_ids"), ("attention_mask", "attention_mask")):
         value = kwargs.pop(name, None)
-        if value is not None and given[slot] is not None:
-            alias = " (HF's name for input_ids)" if name == "inputs" else ""
-            raise TypeError(f"pd.generate: a second value for {slot} came as {name}={alias}; pass one")
-        given[slot] = value if value is not None else given[slot]
+        if value is None:
+            continue
+        if given[slot] is not None:
+            hf_name = "inputs" in (name, source[slot].removeprefix("as ").rstrip("="))
+            alias = " (inputs= is HF's name for input_ids)" if hf_name else ""
+            raise TypeError(f"pd.generate: {slot} given twice, {source[slot]} and as {name}={alias}; pass one")
+        given[slot], source[slot] = value, f"as {name}="
     input_ids, attention_mask = given["input_ids"], given["attention_mask"]
     if input_ids is None:
         gc = kwargs.get("generation_config")
@@ -188,7 +192,7 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     """A drop-in for ``model.generate`` that can steer with, and record, proximal rewards.
 
     Args:
-        model: a HF causal LM.
+        model: a HF causal LM, by position (``generate(model, ...)``).
         input_ids: ``[B, P]`` int64 prompts, left-padded; by position or keyword (HF's
             ``inputs=`` also works). None starts one row from ``bos_token_id``, as HF does.
         attention_mask: ``[B, P]``, 0 on padding, by position or keyword; inferred as HF

@@ -60,8 +60,8 @@ def test_gpu_script_smoke_runs_every_section_without_an_error(tmp_path):
     assert all(set(r["tok_s"]) == {"pd", "pd_rewards", "seed_style"} for r in rows)
     assert all(math.isfinite(v) and v > 0 for r in rows for v in r["tok_s"].values())
     assert all(r["rewards_vs_none"] > 0 for r in rows)
-    costs = rows[0]  # the step costs do not depend on the engine: the first row alone measures them
-    assert "reward_step_ms" not in rows[1] and costs["reward_step_speedup"] > 0
+    [costs] = [r for r in rows if "reward_step_ms" in r]  # engine-independent: measured by one row only
+    assert costs["reward_step_speedup"] > 0
     assert "compiled_error" not in costs["step_after_forward_ms"], "the step failed to compile"
     assert set(costs["dispatch_ops"]) == set(costs["stack"]) and costs["dispatch_ops"]["sentiment"]["score"] > 0
     assert {r["B"] for r in files["e2e"]["e2e"] if "tokens_per_s" in r} == {1, 2}

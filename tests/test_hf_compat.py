@@ -42,8 +42,10 @@ def test_hf_ways_to_pass_prompt_and_config(tiny, enc):
     _same(pd.generate(model, inputs=ids, max_new_tokens=6), model.generate(inputs=ids, max_new_tokens=6))
     _same(pd.generate(model, max_new_tokens=6), model.generate(max_new_tokens=6))  # from BOS
     _same(pd.generate(model, input_ids=ids, inputs=None, max_new_tokens=6), model.generate(ids, max_new_tokens=6))
-    with pytest.raises(TypeError, match="input_ids came as inputs="):
+    with pytest.raises(TypeError, match=r"input_ids given twice, by position and as inputs= \(inputs= is HF's"):
         pd.generate(model, ids, inputs=ids, max_new_tokens=2)
+    with pytest.raises(TypeError, match="input_ids given twice, as inputs= and as input_ids= .inputs= is HF's"):
+        pd.generate(model, inputs=ids, input_ids=ids, max_new_tokens=2)
 
 
 def test_config_by_position_with_the_mask_by_keyword(tiny, enc):
@@ -56,11 +58,11 @@ def test_config_by_position_with_the_mask_by_keyword(tiny, enc):
     hf = model.generate(ids, gc, attention_mask=mask)
     assert not torch.equal(model.generate(ids, gc), hf), "the mask must change the output, or it is not tested"
     _same(pd.generate(model, ids, gc, attention_mask=mask), hf)
-    _same(pd.generate(model, ids, mask, generation_config=gc), hf)  # DESIGN.md's positional mask
+    _same(pd.generate(model, ids, mask, generation_config=gc), hf)  # the mask by position: pd's signature
     _same(pd.generate(model, input_ids=ids, attention_mask=mask, generation_config=gc), hf)
-    with pytest.raises(TypeError, match="attention_mask came as attention_mask="):
+    with pytest.raises(TypeError, match="attention_mask given twice, by position and as attention_mask=; pass"):
         pd.generate(model, ids, mask, attention_mask=mask, max_new_tokens=2)
-    with pytest.raises(TypeError, match="input_ids came as input_ids="):
+    with pytest.raises(TypeError, match="input_ids given twice, by position and as input_ids=; pass one"):
         pd.generate(model, ids, input_ids=ids, max_new_tokens=2)
 
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -29,18 +30,31 @@ def test_usage_python_blocks_run_and_say_true(real, monkeypatch):
     blocks = _blocks("python")
     assert len(blocks) == 3, "the Usage section's Python blocks changed: update this test"
     ns: dict = {}
+    after = []  # the namespace after each block (later blocks reuse names: out, rewards)
     for i, code in enumerate(blocks):
         exec(compile(code, f"README.md Usage block {i + 1}", "exec"), ns)  # noqa: S102 - the README's own code
+        after.append(dict(ns))
 
-    tok = ns["tok"]
-    # block 1: the Rollout's fields as its comments say
-    out1 = ns["group"]
-    assert out1.sequences.shape[0] == 4 and set(out1.reward_components) == {"ends_with", "keywords", "fluency"}
-    assert ns["adv"].shape == ns["ret"].shape == ns["values"].shape
+    tok, first = ns["tok"], after[0]
+    # block 1: a LongTensor as HF's; the Rollout's fields as its comments say
+    seqs, out, enc = first["seqs"], first["out"], first["enc"]
+    B, P = enc["input_ids"].shape
+    assert seqs.dtype == torch.long and seqs.shape[0] == B and seqs.shape[1] <= P + 32
+    T = out.sequences.shape[1] - P  # 32, or fewer when every row stopped early, as in HF
+    assert 0 < T <= 32 and out.tokens.shape == out.mask.shape == out.rewards.shape == out.returns.shape == (B, T)
+    assert set(out.reward_components) == {"ends_with", "keywords", "fluency"}
+    torch.testing.assert_close(sum(out.reward_components.values()), out.rewards)
+    torch.testing.assert_close(out.returns, pd.returns.discounted_returns(out.rewards, out.mask, 0.99))
+    assert torch.equal(out.sequences[:, P:][out.mask], out.tokens[out.mask])
+    assert first["adv"].shape == first["ret"].shape == (B, T)
+    group = first["group"]
+    assert group.sequences.shape[0] == 4
+    advantages = pd.returns.group_advantages(group.rewards.sum(1), group_size=4)
+    assert advantages.shape == (4,) and abs(advantages.sum().item()) < 1e-4  # centred within the group
     # block 2: the seed's first example returns one row of at most 20 tokens, prompt included
-    assert ns["generated"].ndim == 1 and ns["generated"].shape[0] <= 20
+    assert after[1]["generated"].ndim == 1 and after[1]["generated"].shape[0] <= 20
     # block 3: the summed Sentiment rewards are TextBlob's polarity of each continuation
-    out = ns["out"]
+    out = after[2]["out"]
     P = out.sequences.shape[1] - out.tokens.shape[1]
     for row, total in zip(out.sequences, out.rewards.sum(1)):
         text = tok.decode(row[P:], skip_special_tokens=True)

@@ -117,11 +117,12 @@ def build(kind: str, kwargs: dict, model=None, where: str = "reward"):
         raise ValueError(f"{where}: {kind}: {e}") from e
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Entry:
     """One reward family as the user named it (a ``--reward`` spec or a ``[[reward]]``
     table), checked. A family that needs no model is built while checking and kept, so its
-    own checks run before any model loads and a ratings file is read once."""
+    own checks run before any model loads and a ratings file is read once; every ``build``
+    returns that one family (a family is settings; each ``pd.Rewards`` binds it anew)."""
 
     kind: str  # the registry name, a key of FAMILIES
     kwargs: dict  # its keyword arguments; model paths still as strings
