@@ -64,6 +64,8 @@ def _load_random(shape, model_dtype):
 
 
 def section_e2e(rec, models, batches, new_tokens, reps, model_dtype, smoke):
+    from torch._dynamo.utils import counters
+
     import proxdecode as pd
 
     prompts = ["I like to eat", "The weather today is", "Once upon a time, there was a",
@@ -112,8 +114,9 @@ def section_e2e(rec, models, batches, new_tokens, reps, model_dtype, smoke):
                         # rewards + the torch step fused by inductor, engine.sample_one)
                         runs["pd_triton_compiled"] = lambda: pd_run("triton", compile=True)
                         runs["pd_compiled_step"] = lambda: pd_run("auto", compile=True)
-                    lengths = {}
+                    lengths, skips = {}, {}
                     for k, fn in list(runs.items()):  # warm-up: compiles, autotunes, allocates
+                        before = counters["inductor"]["cudagraph_skips"]
                         try:
                             out = fn()
                         except ValueError as e:  # Rewards refuses a model/tokenizer mismatch
@@ -128,6 +131,8 @@ def section_e2e(rec, models, batches, new_tokens, reps, model_dtype, smoke):
                             continue
                         sync()
                         lengths[k] = int(out.shape[1] - enc["input_ids"].shape[1])
+                        if "compile" in k:  # graphs inductor ran without a CUDA graph (mode "reduce-overhead")
+                            skips[k] = counters["inductor"]["cudagraph_skips"] - before
                     times = {k: [] for k in runs}
                     for _ in range(reps):  # alternating, so drift hits every contender alike
                         for k, fn in runs.items():
@@ -146,6 +151,8 @@ def section_e2e(rec, models, batches, new_tokens, reps, model_dtype, smoke):
                     for k in ("pd_triton_compiled", "pd_compiled_step"):
                         if k in med:
                             res[f"ratio_{k}_over_hf"] = round(med["hf_generate"] / med[k], 3)
+                    if skips:  # the reason of each skip is in the log (torch._inductor's cudagraphs logger)
+                        res["cudagraph_skips"] = skips
                     if rewards_on:
                         res["note"] = "hf_generate runs without rewards: the ratio includes the rewards' cost"
                     if rewards_on and shape == models[0] and B == batches[1]:

@@ -65,3 +65,6 @@ def test_gpu_script_smoke_runs_every_section_without_an_error(tmp_path):
     assert "compiled_error" not in costs["step_after_forward_ms"], "the step failed to compile"
     assert set(costs["dispatch_ops"]) == set(costs["stack"]) and costs["dispatch_ops"]["sentiment"]["score"] > 0
     assert {r["B"] for r in files["e2e"]["e2e"] if "tokens_per_s" in r} == {1, 2}
+    compiled = [r for r in files["e2e"]["e2e"] if "ratio_pd_compiled_step_over_hf" in r]
+    assert len(compiled) == 2 and all(set(r["cudagraph_skips"]) == {"pd_triton_compiled", "pd_compiled_step"}
+                                      for r in compiled)
