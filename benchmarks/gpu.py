@@ -34,8 +34,9 @@ sections live in ``gpu_step.py`` (check, timing) and ``gpu_e2e.py`` (rewards, e2
    the whole step after it compiled too (``pd_compiled_step``, ``engine.sample_one``),
    with how many of their graphs inductor ran without a CUDA graph (``cudagraph_skips``:
    ``sample_one`` writes the rollout's buffers in place, which cudagraph trees refuse
-   for inputs not marked static, so a skip there is expected); with rewards on it also counts the host syncs of one ``pd_triton`` call with
-   ``torch.cuda.set_sync_debug_mode``, in the whole call and inside its steps (none expected).
+   for inputs not marked static, so a skip there is expected); with rewards on it also
+   counts the host syncs of one ``pd_triton`` call with ``torch.cuda.set_sync_debug_mode``,
+   in the whole call and inside its steps (none expected).
 
 Results: ``gpu-step.json`` (env, check, timing), ``gpu-rewards.json`` and ``gpu-e2e.json``
 in ``$OUT/benchmarks/results`` when ``$OUT`` is set, else ``benchmarks/results`` (or
