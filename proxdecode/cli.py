@@ -25,7 +25,9 @@ def _reward_entries(specs, config) -> list:
     loads (``registry.Entry`` each: ``.build(model)`` gives the family)."""
     from .rewards import registry
 
-    return [registry.parse_spec(s) for s in specs] + (registry.read_config(config) if config else [])
+    entries = [registry.parse_spec(s) for s in specs] + (registry.read_config(config) if config else [])
+    registry.check_names(entries)
+    return entries
 
 
 def _generate(model, tok, prompts, entries, args, steer):

@@ -61,7 +61,11 @@ def test_engine_flags_reach_generate(real, capsys, packed_calls):
     (["generate", "x", "--reward", "sentiment=abc"], "weight after '=' must be a number"),
     (["generate", "x", "--reward", "sentiment:x"], "sentiment takes no arguments"),
     (["generate", "x", "--reward", "ends-with:"], r"nothing after ':' \(the form is ends-with"),
-    (["generate", "x", "--reward", "length:abc"], r"cannot read 'abc' \(the form is length:MIN"),
+    (["generate", "x", "--reward", "length:abc"], r"cannot read 'abc' \(the form is length:MIN.*'abc' is not a whole"),
+    (["generate", "x", "--reward", "repetition:x"], "'x' is not a whole number"),
+    (["generate", "x", "--reward", "keywords:apple=abc"], "the weight after '=' must be a number, got 'abc'"),
+    (["generate", "x", "--reward", "keywords:apple", "--reward", "keywords:orange"],
+     r"--reward keywords:orange: a second reward named 'keywords' \(the first: --reward keywords:apple\)"),
     (["generate", "x", "--reward", "kl"], r"kl needs reference \(the form is kl:MODEL_FOLDER"),
     (["generate", "x", "--reward", "keywords:,"], "words must be a non-empty list"),
     (["generate", "x", "--reward", "repetition:0"], "n must be an int >= 1"),
@@ -114,6 +118,19 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     [entry] = registry.read_config(tmp_path / "rewards.toml")
     assert entry.kind == "human" and entry.kwargs["ratings"] == str(tmp_path / "ratings.jsonl")
     assert registry.from_config(tmp_path / "rewards.toml")[0].ratings[0] == ("I like apples.", 5)
+
+
+def test_two_families_of_one_name_in_a_config_are_refused_before_the_model_loads(tmp_path, monkeypatch):
+    import proxdecode as pd
+
+    monkeypatch.setattr(pd, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    (tmp_path / "r.toml").write_text('[[reward]]\ntype = "sentiment"\n\n[[reward]]\ntype = "sentiment"\n')
+    with pytest.raises(SystemExit, match=r"reward #2: a second reward named 'sentiment' \(the first: .*reward #1\)"):
+        main(["generate", "x", "--rewards", str(tmp_path / "r.toml")])
+    (tmp_path / "r.toml").write_text('[[reward]]\ntype = "sentiment"\n\n[[reward]]\ntype = "sentiment"\n'
+                                     'name = "sentiment_2"\n')
+    with pytest.raises(pytest.fail.Exception, match="the model loaded first"):  # accepted: on to the model
+        main(["generate", "x", "--rewards", str(tmp_path / "r.toml")])
 
 
 def test_a_model_free_family_is_built_once(tmp_path, monkeypatch, tiny):

@@ -145,6 +145,10 @@ def test_registry_builds_families_by_name_and_from_toml(tiny, tmp_path):
     f = registry.from_spec("keywords:apple,orange=0.5", model)
     assert isinstance(f, Keywords) and f.words == ["apple", "orange"] and f.weight == 0.5
     assert registry.from_spec("ends-with:!", model).suffix == "!"
+    # the weight is a number after the last '='; in a free-text argument another '=' is text
+    assert registry.from_spec("ends-with:!=2", model).weight == 2.0
+    assert registry.from_spec("ends-with:!=x", model).suffix == "!=x"
+    assert registry.from_spec("length:2,5=-1", model).weight == -1.0
     cfg = tmp_path / "rewards.toml"
     cfg.write_text('[[reward]]\ntype = "ends-with"\nweight = 2.0\n\n'
                    '[[reward]]\ntype = "keywords"\nwords = ["apple", "orange"]\nrequire_all = true\n')
@@ -166,6 +170,11 @@ def test_registry_builds_families_by_name_and_from_toml(tiny, tmp_path):
     ('[[reward]]\ntype = "keywords"\n', "keywords needs words"),
     ('[[reward]]\ntype = "fluency"\nreference = ""\n', "reference must be a model folder"),
     ('[[reward]]\ntype = "repetition"\nn = 0\n', "n must be an int >= 1"),
+    ('[[reward]]\ntype = "keywords"\nwords = ["a"]\nrequire_all = "yes"\n',
+     "keywords's require_all must be true or false, got 'yes'"),  # a string would be truthy
+    ('[[reward]]\ntype = "repetition"\nn = 1.5\n', "repetition's n must be a whole number, got 1.5"),
+    ('[[reward]]\ntype = "repetition"\nn = true\n', "repetition's n must be a whole number, got True"),
+    ('[[reward]]\ntype = "overlap"\nreferences = "a b"\nkind = 2\n', "overlap's kind must be a string, got 2"),
 ])
 def test_bad_reward_configs(tmp_path, text, match):
     cfg = tmp_path / "rewards.toml"

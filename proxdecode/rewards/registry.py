@@ -33,11 +33,18 @@ def _words(arg: str) -> list[str]:
     return [w for w in arg.split(",") if w]
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
 def _lengths(arg: str) -> dict:
     parts = arg.split(",")
     if len(parts) > 2:
         raise ValueError(f"at most MIN,MAX, got {len(parts)} numbers")
-    return {k: int(x) if x else None for k, x in zip(("min_tokens", "max_tokens"), parts)}
+    return {k: _whole(x) if x else None for k, x in zip(("min_tokens", "max_tokens"), parts)}
 
 
 # CLI name -> (class name in pd.rewards, the text after ':' -> keyword arguments, its syntax)
@@ -45,7 +52,7 @@ FAMILIES = {
     "ends-with": ("EndsWith", lambda a: {"suffix": a}, "ends-with[:SUFFIX] (default '.')"),
     "keywords": ("Keywords", lambda a: {"words": _words(a)}, "keywords:WORD,WORD,..."),
     "words": ("WordList", lambda a: {"words": _words(a)}, "words:WORD,WORD,..."),
-    "repetition": ("Repetition", lambda a: {"n": int(a)}, "repetition[:N] (repeated token N-grams, default 1)"),
+    "repetition": ("Repetition", lambda a: {"n": _whole(a)}, "repetition[:N] (repeated token N-grams, default 1)"),
     "length": ("Length", _lengths, "length:MIN[,MAX] (tokens; either may be empty)"),
     "capitalization": ("Capitalization", None, "capitalization (no arguments)"),
     "sentiment": ("Sentiment", None, "sentiment (no arguments)"),
@@ -55,6 +62,10 @@ FAMILIES = {
     "overlap": ("Overlap", lambda a: {"references": a}, "overlap:REFERENCE TEXT"),
     "human": ("HumanFeedback", lambda a: {"ratings": a}, "human:RATINGS.jsonl"),
 }
+
+
+# families whose argument is free text, where an '=' not followed by a number belongs to it
+_FREE_TEXT = {"ends-with", "overlap", "fluency", "kl", "human"}
 
 
 def known() -> list[str]:
@@ -75,25 +86,45 @@ def check(kind: str, kwargs: dict, where: str = "reward") -> None:
         w = kwargs["weight"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ValueError(f"{where}: weight must be a finite number, got {w!r}")
-    allowed, required = _parameters(kind)
-    extra = sorted(set(kwargs) - set(allowed))
+    params = _parameters(kind)
+    extra = sorted(set(kwargs) - set(params))
     if extra:
-        raise ValueError(f"{where}: {kind} takes {', '.join(allowed)}; got unknown {', '.join(extra)}")
-    missing = [n for n in required if n not in kwargs]
+        raise ValueError(f"{where}: {kind} takes {', '.join(params)}; got unknown {', '.join(extra)}")
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
     if missing:
         raise ValueError(f"{where}: {kind} needs {', '.join(missing)} (the form is {FAMILIES[kind][2]})")
+    for n, value in kwargs.items():  # a TOML "yes" where a bool goes would be truthy, silently
+        allowed = _ALLOWED.get(params[n].annotation)
+        if allowed is not None and not any(_is(value, t) for t in allowed[0]):
+            raise ValueError(f"{where}: {kind}'s {n} must be {allowed[1]}, got {value!r}")
 
 
-def _parameters(kind: str) -> tuple[list[str], list[str]]:
-    """The family's keyword arguments, and those without a default (``human``'s file is its
-    ``ratings``; ``topic``'s model is the policy's)."""
+# an annotation of the families' constructors -> (the Python types it takes, how errors say it)
+_ALLOWED = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"),
+            float: ((float,), "a number"), str: ((str,), "a string"),
+            int | None: ((int, None), "a whole number (or left out)"),
+            str | None: ((str, None), "a string (or left out)")}
+
+
+def _is(value, t) -> bool:
+    """``value`` is of type ``t`` as a config means it: no bool for a number, an int for a float."""
+    if t is None:
+        return value is None
+    if t in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if t is float else t)
+
+
+def _parameters(kind: str) -> dict[str, inspect.Parameter]:
+    """The family's keyword arguments by name (``human``'s file is its ``ratings``;
+    ``topic``'s model is the policy's), annotations evaluated."""
     from .. import rewards
 
     cls = getattr(rewards, FAMILIES[kind][0])
     factory = cls.from_ratings if kind == "human" else cls
-    params = {("ratings" if n == "path" else n): p for n, p in inspect.signature(factory).parameters.items()
-              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in ("self", "model")}
-    return list(params), [n for n, p in params.items() if p.default is p.empty]
+    return {("ratings" if n == "path" else n): p
+            for n, p in inspect.signature(factory, eval_str=True).parameters.items()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in ("self", "model")}
 
 
 def build(kind: str, kwargs: dict, model=None, where: str = "reward"):
@@ -129,10 +160,29 @@ class Entry:
     where: str  # how errors name it: "--reward keywords:apple" or "rewards config F, reward #2"
     family: object = None  # the built family, when it needs no model
 
+    @property
+    def name(self) -> str:
+        """The name its rewards go by in ``Rollout.reward_components``."""
+        from .. import rewards
+
+        return self.kwargs.get("name") or getattr(rewards, FAMILIES[self.kind][0]).default_name
+
     def build(self, model=None):
         """The family; ``model`` is the policy, for those that take it (``topic``) or default
         to it (``fluency``); a ``reference`` given by path is loaded here."""
         return self.family if self.family is not None else build(self.kind, self.kwargs, model, self.where)
+
+
+def check_names(entries: list[Entry]) -> None:
+    """Two families under one name cannot be told apart in ``Rollout.reward_components``:
+    refused before any model loads, saying how to merge or rename them."""
+    seen: dict[str, Entry] = {}
+    for e in entries:
+        if e.name in seen:
+            raise ValueError(f"{e.where}: a second reward named {e.name!r} (the first: {seen[e.name].where}); "
+                             "merge them into one family (e.g. keywords:apple,orange), or give each its own "
+                             "name = \"...\" in a --rewards file")
+        seen[e.name] = e
 
 
 def _entry(kind: str, kwargs: dict, where: str) -> Entry:
@@ -158,8 +208,8 @@ def parse_spec(spec: str) -> Entry:
     if sep:
         try:
             weight, body = float(tail), head
-        except ValueError:
-            if ":" not in head:  # no arguments an '=' could belong to
+        except ValueError:  # part of the arguments only where they are free text (a suffix, a path)
+            if ":" not in head or head.partition(":")[0] not in _FREE_TEXT:
                 raise ValueError(f"{where}: the weight after '=' must be a number, got {tail!r}") from None
     name, colon, arg = body.partition(":")
     if name not in FAMILIES:
