@@ -277,8 +277,9 @@ def _reward_args(p):
     p.add_argument("--reward", action="append", default=[], metavar="NAME[:ARGS][=WEIGHT]",
                    help="a reward family (repeatable): " + syntax())
     p.add_argument("--rewards", default=None, metavar="TOML",
-                   help="reward families from a config file ([[reward]] tables with type = NAME and its "
-                        "keyword arguments; see pd.rewards.registry)")
+                   help="reward families from a TOML file: [[reward]] tables, each with type = NAME and "
+                        "the family's keyword arguments, e.g. words = [\"apple\"] (a key the family does not "
+                        "take is refused with the list of those it does)")
 
 
 def _engine(args) -> dict:

@@ -232,8 +232,10 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
     log = open(log_path, "a") if log_path else None
     bar = None
     if progress:
+        from rich.console import Console
         from rich.progress import Progress
-        bar = Progress(transient=True)
+        console = Console(stderr=True)  # beside the CLI's per-step lines; nothing at all off a terminal
+        bar = Progress(transient=True, console=console, disable=not console.is_terminal)
         bar.start()
         task = bar.add_task("training", total=steps)
     try:
