@@ -359,6 +359,8 @@ def test_bad_arguments(tiny):
         (lambda: WordList(["a"], whole_words="yes"), "whole_words"),
         (lambda: WordList(["a"], ignore_case=1), "ignore_case"),
         (lambda: Capitalization(first=1), "first"), (lambda: Capitalization(weight="1"), "weight"),
+        (lambda: pd.rewards.Keywords(["a"], require_all="yes"), "Keywords: require_all must be True or False"),
+        (lambda: pd.rewards.Keywords(["a"], ignore_case=None), "Keywords: ignore_case must be True or False"),
     ]
     for make, msg in cases:
         with pytest.raises(ValueError, match=msg):

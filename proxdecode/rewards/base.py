@@ -85,6 +85,13 @@ class Reward:
         self.weight = float(weight)
         self.name = name or self.default_name
 
+    def _flags(self, **flags: bool) -> None:
+        """Set boolean options, refusing anything but True or False (a string "no" is truthy)."""
+        for key, value in flags.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{type(self).__name__}: {key} must be True or False, got {value!r}")
+            setattr(self, key, value)
+
     def bind(self, tokenizer) -> None:
         pass
 

@@ -136,7 +136,7 @@ class Keywords(Reward):
         if not words or not all(isinstance(w, str) and w.strip() for w in words):
             raise ValueError(f"Keywords: words must be a non-empty list of non-empty strings, got {words!r}")
         self.words = [w.strip() for w in words]
-        self.require_all, self.ignore_case = require_all, ignore_case
+        self._flags(require_all=require_all, ignore_case=ignore_case)
 
     def bind(self, tokenizer) -> None:
         strings, special = token_strings(tokenizer)

@@ -86,9 +86,8 @@ class Repetition(Reward):
         super().__init__(weight, name)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Repetition: n must be an int >= 1, got {n!r}")
-        if not isinstance(include_prompt, bool):
-            raise ValueError(f"Repetition: include_prompt must be True or False, got {include_prompt!r}")
-        self.n, self.include_prompt = n, include_prompt
+        self.n = n
+        self._flags(include_prompt=include_prompt)
 
     def bind(self, tokenizer) -> None:
         _, self._special = token_strings(tokenizer)
@@ -266,10 +265,7 @@ class WordList(Reward):
         words = [words] if isinstance(words, str) else list(words) if words is not None else []
         if not words or not all(isinstance(w, str) and w.strip() for w in words):
             raise ValueError(f"WordList: words must be a non-empty list of non-empty strings, got {words!r}")
-        for arg, v in (("whole_words", whole_words), ("ignore_case", ignore_case)):
-            if not isinstance(v, bool):
-                raise ValueError(f"WordList: {arg} must be True or False, got {v!r}")
-        self.whole_words, self.ignore_case = whole_words, ignore_case
+        self._flags(whole_words=whole_words, ignore_case=ignore_case)
         fold = str.casefold if ignore_case else (lambda x: x)
         self.words = list(dict.fromkeys(w.strip() for w in words))  # in order, no duplicates
         self._keys = list(dict.fromkeys(fold(w) for w in self.words))
@@ -367,9 +363,7 @@ class Capitalization(Reward):
 
     def __init__(self, weight: float = 1.0, first: bool = False, name: str | None = None):
         super().__init__(weight, name)
-        if not isinstance(first, bool):
-            raise ValueError(f"Capitalization: first must be True or False, got {first!r}")
-        self.first = first
+        self._flags(first=first)
 
     def bind(self, tokenizer) -> None:
         hit = _CAP_CACHE.get(id(tokenizer))
