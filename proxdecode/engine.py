@@ -164,16 +164,15 @@ def _hf_inputs(model, input_ids, attention_mask, kwargs: dict):
             raise TypeError("pd.generate: generation_config given twice (positionally and by keyword)")
         kwargs["generation_config"], attention_mask = attention_mask, None
     given = {"input_ids": input_ids, "attention_mask": attention_mask}  # slot -> value
-    source = {slot: "by position" for slot, v in given.items() if v is not None}  # slot -> how it came
+    how = {slot: "by position" for slot, v in given.items() if v is not None}  # slot -> how it came
     for name, slot in (("inputs", "input_ids"), ("input_ids", "input_ids"), ("attention_mask", "attention_mask")):
         value = kwargs.pop(name, None)
         if value is None:
             continue
         if given[slot] is not None:
-            hf_name = "inputs" in (name, source[slot].removeprefix("as ").rstrip("="))
-            alias = " (inputs= is HF's name for input_ids)" if hf_name else ""
-            raise TypeError(f"pd.generate: {slot} given twice, {source[slot]} and as {name}={alias}; pass one")
-        given[slot], source[slot] = value, f"as {name}="
+            alias = " (inputs= is HF's name for input_ids)" if "as inputs=" in (how[slot], f"as {name}=") else ""
+            raise TypeError(f"pd.generate: {slot} given twice, {how[slot]} and as {name}={alias}; pass one")
+        given[slot], how[slot] = value, f"as {name}="
     input_ids, attention_mask = given["input_ids"], given["attention_mask"]
     if input_ids is None:
         gc = kwargs.get("generation_config")

@@ -78,8 +78,8 @@ def syntax() -> str:
 
 
 def check(kind: str, kwargs: dict, where: str = "reward") -> None:
-    """The family exists, its weight is a finite number and it takes these arguments: what
-    can be checked before any model is loaded."""
+    """The family exists, its weight is a finite number and it takes these arguments, of the
+    types its constructor declares: what can be checked before any model is loaded."""
     if kind not in FAMILIES:
         raise ValueError(f"{where}: unknown reward {kind!r}; known: {', '.join(known())}")
     if "weight" in kwargs:
