@@ -203,6 +203,8 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
 
     ``sparse=True`` moves each row's summed reward to its last token (the same signal, given
     only at the end), for comparing dense proximal rewards against a terminal one.
+    ``progress`` shows a transient bar on stderr in a terminal or a notebook (nothing when
+    stderr is a file or a pipe).
     On a non-finite loss or gradient it stops with the step number; the weights are those
     from before that step.
     """
@@ -234,8 +236,8 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
     if progress:
         from rich.console import Console
         from rich.progress import Progress
-        console = Console(stderr=True)  # beside the CLI's per-step lines; nothing at all off a terminal
-        bar = Progress(transient=True, console=console, disable=not console.is_terminal)
+        console = Console(stderr=True)  # off a terminal a transient bar would leave an empty line
+        bar = Progress(transient=True, console=console, disable=not (console.is_terminal or console.is_jupyter))
         bar.start()
         task = bar.add_task("training", total=steps)
     try:

@@ -175,6 +175,11 @@ def test_registry_builds_families_by_name_and_from_toml(tiny, tmp_path):
     ('[[reward]]\ntype = "repetition"\nn = 1.5\n', "repetition's n must be a whole number, got 1.5"),
     ('[[reward]]\ntype = "repetition"\nn = true\n', "repetition's n must be a whole number, got True"),
     ('[[reward]]\ntype = "overlap"\nreferences = "a b"\nkind = 2\n', "overlap's kind must be a string, got 2"),
+    ('[[reward]]\ntype = "keywords"\nwords = 5\n', "keywords's words must be a word or a list of words, got 5"),
+    ('[[reward]]\ntype = "words"\nwords = ["a", 3]\n', "words's words must be a word or a list of words"),
+    ('[[reward]]\ntype = "kl"\nreference = true\n', "kl's reference must be a model folder, got True"),
+    ('[[reward]]\ntype = "human"\nratings = 5\n', "human's ratings must be a ratings file, got 5"),
+    ('[[reward]]\ntype = "topic"\nwords = ["x"]\nembeddings = [[1.0]]\n', "embeddings must be a \\[V, D\\] tensor"),
 ])
 def test_bad_reward_configs(tmp_path, text, match):
     cfg = tmp_path / "rewards.toml"

@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 
 def _words(arg: str) -> list[str]:
     return [w for w in arg.split(",") if w]
@@ -94,7 +96,7 @@ def check(kind: str, kwargs: dict, where: str = "reward") -> None:
     if missing:
         raise ValueError(f"{where}: {kind} needs {', '.join(missing)} (the form is {FAMILIES[kind][2]})")
     for n, value in kwargs.items():  # a TOML "yes" where a bool goes would be truthy, silently
-        allowed = _ALLOWED.get(params[n].annotation)
+        allowed = _BY_NAME.get(n) or _ALLOWED.get(params[n].annotation)
         if allowed is not None and not any(_is(value, t) for t in allowed[0]):
             raise ValueError(f"{where}: {kind}'s {n} must be {allowed[1]}, got {value!r}")
 
@@ -104,6 +106,12 @@ _ALLOWED = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"),
             float: ((float,), "a number"), str: ((str,), "a string"),
             int | None: ((int, None), "a whole number (or left out)"),
             str | None: ((str, None), "a string (or left out)")}
+# the arguments the constructors leave unannotated (they also take objects from Python),
+# as a config or a spec can give them: text and paths
+_BY_NAME = {"words": ((str, list), "a word or a list of words"),
+            "references": ((str, list), "a text or a list of texts (one per prompt)"),
+            "reference": ((str,), "a model folder"), "ratings": ((str,), "a ratings file"),
+            "embeddings": ((torch.Tensor,), "a [V, D] tensor, which only Python gives (left out: the policy's)")}
 
 
 def _is(value, t) -> bool:
@@ -112,6 +120,8 @@ def _is(value, t) -> bool:
         return value is None
     if t in (int, float) and isinstance(value, bool):
         return False
+    if t is list:  # of strings (a tuple from Python as well)
+        return isinstance(value, (list, tuple)) and all(isinstance(x, str) for x in value)
     return isinstance(value, (int, float) if t is float else t)
 
 
@@ -178,10 +188,11 @@ def check_names(entries: list[Entry]) -> None:
     refused before any model loads, saying how to merge or rename them."""
     seen: dict[str, Entry] = {}
     for e in entries:
-        if e.name in seen:
-            raise ValueError(f"{e.where}: a second reward named {e.name!r} (the first: {seen[e.name].where}); "
-                             "merge them into one family (e.g. keywords:apple,orange), or give each its own "
-                             "name = \"...\" in a --rewards file")
+        first = seen.get(e.name)
+        if first is not None:
+            merge = f"list all the words in one {e.kind}, or " if e.kind == first.kind and "words" in e.kwargs else ""
+            raise ValueError(f"{e.where}: a second reward named {e.name!r} (the first: {first.where}); "
+                             f"{merge}give each its own name = \"...\" in a --rewards file")
         seen[e.name] = e
 
 
@@ -209,7 +220,7 @@ def parse_spec(spec: str) -> Entry:
         try:
             weight, body = float(tail), head
         except ValueError:  # part of the arguments only where they are free text (a suffix, a path)
-            if ":" not in head or head.partition(":")[0] not in _FREE_TEXT:
+            if head.partition(":")[0] in FAMILIES and (":" not in head or head.partition(":")[0] not in _FREE_TEXT):
                 raise ValueError(f"{where}: the weight after '=' must be a number, got {tail!r}") from None
     name, colon, arg = body.partition(":")
     if name not in FAMILIES:
