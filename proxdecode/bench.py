@@ -150,22 +150,25 @@ def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "f
             row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device, engine)
         rows.append(row)
     result = {"model": pd.models.DEFAULT_MODEL, "dtype": dtype, "device": device, "pd_engine": engine or {},
-              "pd_kv_cache": _kv_cache(model, engine), "settings": SETTINGS, "rows": rows, **_machine()}
+              "pd_kv_cache": _kv_cache(model, tok, new_tokens, engine), "settings": SETTINGS, "rows": rows,
+              **_machine()}
     if out_path:
         with open(out_path, "w") as f:
             json.dump(result, f, indent=2)
     return result
 
 
-def _kv_cache(model, engine: dict | None) -> str:
-    """The KV cache ``pd.generate`` takes with these options, decided as ``DecodeConfig.resolve``
-    decides it (compile first, then the cache)."""
-    from .config import _decide_compile, _static_cache
+def _kv_cache(model, tok, new_tokens: int, engine: dict | None) -> str:
+    """The KV cache ``pd.generate`` takes with these options: ``DecodeConfig.resolve``'s own
+    decision, on a one-row prompt of the benchmark."""
+    from .config import DecodeConfig
 
-    e = engine or {}
-    cache = e.get("cache_implementation")
-    compiled = _decide_compile(model, model.generation_config, cache, e.get("compile"))
-    return "static" if _static_cache(model, cache, compiled) else "dynamic"
+    kwargs = dict(SETTINGS, max_new_tokens=new_tokens, **(engine or {}))
+    own = {k: kwargs.pop(k) for k in ("backend", "compile", "linear") if k in kwargs}  # pd.generate's own
+    enc = _inputs(tok, 1, model.device)
+    cfg = DecodeConfig.resolve(model, enc["input_ids"], enc["attention_mask"], steer=0.0, gamma=1.0, seed=0,
+                               rewards=None, kwargs=kwargs, **own)
+    return "static" if cfg.static_cache else "dynamic"
 
 
 def _machine() -> dict:

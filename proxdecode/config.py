@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import transformers
 
 # HF generate() arguments this engine implements.
 SUPPORTED_ARGS = frozenset({
@@ -120,7 +121,7 @@ class DecodeConfig:
         gc, left = model._prepare_generation_config(passed_gc, **hf_kwargs)
         if left:  # not GenerationConfig fields in this transformers version: they would do nothing
             raise TypeError(f"pd.generate: {sorted(left)} are not generation arguments of transformers "
-                            f"{_transformers_version()}")
+                            f"{transformers.__version__}")
         for name, inactive in _INACTIVE_WHEN.items():
             value = getattr(gc, name, None)
             if not _is_inert(value, inactive):
@@ -265,12 +266,6 @@ def _decide_compile(model, gc, cache_impl, compile) -> bool:
     devices = set(getattr(model, "hf_device_map", {}).values())
     offloaded = "disk" in devices or ("cpu" in devices and len(devices) > 1)
     return hardware and (quantizer is None or quantizer.is_compileable) and not offloaded
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
 
 
 def _is_inert(value, inert: tuple) -> bool:

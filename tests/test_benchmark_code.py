@@ -68,3 +68,17 @@ def test_gpu_script_smoke_runs_every_section_without_an_error(tmp_path):
     compiled = [r for r in files["e2e"]["e2e"] if "ratio_pd_compiled_step_over_hf" in r]
     assert len(compiled) == 2 and all(set(r["cudagraph_skips"]) == {"pd_triton_compiled", "pd_compiled_step"}
                                       for r in compiled)
+
+
+def test_bench_records_the_kv_cache_generate_takes(tiny, monkeypatch):
+    """``pd_kv_cache`` in the e2e JSON against the cache the decoder really builds."""
+    import proxdecode as pd
+    from proxdecode import bench, decoder
+
+    model, tok = tiny
+    made, real = [], decoder._make_cache
+    monkeypatch.setattr(decoder, "_make_cache", lambda m, n, static: made.append(static) or real(m, n, static))
+    enc = tok(["I like to eat"], return_tensors="pt")
+    for engine in ({}, {"cache_implementation": "static"}, {"cache_implementation": "dynamic", "backend": "torch"}):
+        pd.generate(model, **enc, max_new_tokens=2, **engine)
+        assert bench._kv_cache(model, tok, 2, engine) == ("static" if made.pop() else "dynamic"), engine

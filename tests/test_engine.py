@@ -538,3 +538,20 @@ def test_a_decode_step_makes_no_host_sync(tiny, monkeypatch, host_syncs, backend
                       cache_implementation=cache)
     assert out.mask.all() and host_syncs.calls() >= 6 + 5 + 5, "steps, and the policy's and reference's forwards"
     assert not host_syncs.found(), "host syncs inside a step:\n" + "\n".join(sorted(set(host_syncs.found())))
+
+
+def test_an_argument_this_transformers_would_not_read_is_refused(tiny, monkeypatch):
+    """A supported argument that the installed transformers leaves out of its config (an
+    older version without ``min_p``, say) would do nothing: refused, naming it."""
+    model, tok = tiny
+    real = model._prepare_generation_config
+
+    def without_min_p(gc, **kw):
+        value = kw.pop("min_p", None)
+        config, left = real(gc, **kw)
+        return config, dict(left, **({"min_p": value} if value is not None else {}))
+    monkeypatch.setattr(model, "_prepare_generation_config", without_min_p)
+    ids = tok(["a b"], return_tensors="pt").input_ids
+    with pytest.raises(TypeError, match=r"\['min_p'\] are not generation arguments of transformers"):
+        pd.generate(model, ids, max_new_tokens=2, do_sample=True, min_p=0.1)
+    pd.generate(model, ids, max_new_tokens=2)  # without it: runs
