@@ -18,26 +18,24 @@ from typing import Any
 import torch
 import transformers
 
+from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, check_call_args, needs_processors
+
 # HF generate() arguments this engine implements.
 SUPPORTED_ARGS = frozenset({
     "generation_config", "max_new_tokens", "max_length", "min_new_tokens", "do_sample",
     "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "eos_token_id",
     "pad_token_id", "bos_token_id", "num_return_sequences", "return_dict_in_generate",
     "output_scores", "streamer", "stop_strings", "tokenizer", "use_cache", "cache_implementation",
-    "compile_config", "disable_compile",
+    "compile_config", "disable_compile", "max_time", *CALL_ARGS, *PROCESSOR_FIELDS,
 })
 
 # GenerationConfig fields whose non-default values select behaviour not implemented here.
 _INACTIVE_WHEN = {
     "num_beams": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None,),
     "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0),
-    "top_h": (None,), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
-    "sequence_bias": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
-    "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
-    "guidance_scale": (None, 1.0), "exponential_decay_length_penalty": (None,),
-    "min_length": (None, 0), "max_time": (None,), "output_logits": (None, False),
+    "top_h": (None,), "guidance_scale": (None, 1.0), "output_logits": (None, False),
     "output_attentions": (None, False), "output_hidden_states": (None, False),
-    "renormalize_logits": (None, False), "remove_invalid_values": (None, False),
+    "renormalize_logits": (None, False),
     "watermarking_config": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
     "encoder_repetition_penalty": (None, 1.0), "encoder_no_repeat_ngram_size": (None, 0),
     "diversity_penalty": (None, 0.0), "constraints": (None,), "force_words_ids": (None,),
@@ -46,7 +44,6 @@ _INACTIVE_WHEN = {
 # ``generate``'s own parameters beside the GenerationConfig fields, accepted at their inert
 # values (what HF's callers pass explicitly) and refused otherwise.
 _INERT_CALL_ARGS = {
-    "logits_processor": (None, []), "stopping_criteria": (None, []), "prefix_allowed_tokens_fn": (None,),
     "synced_gpus": (None, False), "assistant_model": (None,), "assistant_tokenizer": (None,),
     "negative_prompt_ids": (None,), "negative_prompt_attention_mask": (None,), "custom_generate": (None,),
 }
@@ -100,6 +97,10 @@ class DecodeConfig:
     compile_required: bool = False  # the caller asked (compile=True): no eager fallback
     compile_config: Any = None  # the transformers CompileConfig to compile with; None: HF's default
     linear: str = "torch"  # the linear layers: torch (F.linear) | onednn (packed, CPU)
+    max_time: float | None = None  # seconds from the start of the call, then every row stops (HF's)
+    hf_processors: bool = False  # HF's logits processors run before the step (hf_processing.py)
+    hf_config: Any = None  # the merged GenerationConfig they are built from, when they run
+    dense_scores: bool = False  # the step returns its [B, V] scores: output_scores, or the caller's criteria read them
 
     @staticmethod
     def resolve(model, input_ids, attention_mask, *, steer, gamma, seed, rewards,
@@ -114,10 +115,11 @@ class DecodeConfig:
             if name in kwargs and not _is_inert(kwargs[name], inert):
                 raise ValueError(f"pd.generate: {name}={kwargs[name]!r} is not supported "
                                  f"(allowed: {' or '.join(map(repr, inert))})")
+        check_call_args(kwargs)
         _check_inputs(input_ids, attention_mask)
         passed_gc = kwargs.get("generation_config")
-        hf_kwargs = {k: v for k, v in kwargs.items()
-                     if k not in ("generation_config", "streamer", "tokenizer") and k not in _INERT_CALL_ARGS}
+        hf_kwargs = {k: v for k, v in kwargs.items() if k not in ("generation_config", "streamer", "tokenizer")
+                     and k not in _INERT_CALL_ARGS and k not in CALL_ARGS}
         gc, left = model._prepare_generation_config(passed_gc, **hf_kwargs)
         if left:  # not GenerationConfig fields in this transformers version: they would do nothing
             raise TypeError(f"pd.generate: {sorted(left)} are not generation arguments of transformers "
@@ -184,6 +186,13 @@ class DecodeConfig:
             (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings))
         if stop_strings and kwargs.get("tokenizer") is None:
             raise ValueError("stop_strings needs tokenizer= (as in HF generate)")
+        for name in ("no_repeat_ngram_size", "min_length"):  # HF skips a negative one without a word
+            if getattr(gc, name) is not None:
+                _check_int(name, getattr(gc, name), 0)
+        max_time = gc.max_time
+        if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, (int, float))
+                                     or not (0 <= max_time < math.inf)):
+            raise ValueError(f"max_time must be a finite number of seconds >= 0, got {max_time!r}")
         if kwargs.get("streamer") is not None and input_ids.shape[0] * n_ret != 1:
             raise ValueError("streamer supports a batch of one sequence, as in HF generate")
 
@@ -205,6 +214,7 @@ class DecodeConfig:
         if linear == "onednn" and do_compile:
             raise ValueError("linear='onednn' and compile do not combine (inductor cannot lower oneDNN's "
                              "packed weights); pass compile=False or linear='torch'")
+        processors = needs_processors(gc, kwargs, _is_inert)
         return DecodeConfig(
             max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
@@ -214,7 +224,10 @@ class DecodeConfig:
             output_scores=bool(gc.output_scores), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
             static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,
-            compile_required=compile is True, compile_config=gc.compile_config, linear=linear)
+            compile_required=compile is True, compile_config=gc.compile_config, linear=linear,
+            max_time=None if max_time is None else float(max_time),
+            hf_processors=processors, hf_config=gc if processors else None,
+            dense_scores=bool(gc.output_scores) or bool(kwargs.get("stopping_criteria")))
 
     def row_seeds(self, batch: int) -> list[int]:
         """One Philox key per output row (prompt-major, as HF orders num_return_sequences)."""

@@ -17,6 +17,7 @@ on a tensor value in it cannot quietly split it.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import torch
 
 from .config import PENALTY_SKIPS_LEFT_PADDING, DecodeConfig
 from .decoder import Decoder
+from .hf_processing import logits_processors, stopping_criteria
 from .returns import discounted_returns
 from .rewards.text import RewardError
 from .rollout import Rollout
@@ -83,10 +85,14 @@ def _put(buf: torch.Tensor, dim: int, t, value: torch.Tensor) -> None:
         buf.index_copy_(dim, t.reshape(1), value.unsqueeze(dim))
 
 
-def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Tensor, t, suppress: bool):
+def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Tensor, t, suppress: bool,
+               processed: torch.Tensor | None = None):
     """Everything of step ``t`` after the forward: score the candidates (when steering), pick
     each row's token, write the rollout's column ``t``, advance the reward state and the
     rows' EOS flags. Returns the ``[B]`` tokens and the ``[B, V]`` scores (or None).
+
+    ``processed``: the ``[B, V]`` logits after HF's processors (``hf_processing``), which the
+    step samples from; the rewards and ``policy_logprobs`` still read the model's ``logits``.
 
     Tensor ops only, no host sync and no branch on tensor values: with ``compile`` and
     rewards this is one ``fullgraph`` compiled function (``t`` a 0-d tensor), so the step's
@@ -94,17 +100,20 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
     """
     reward = run.score(logits) if run is not None and cfg.steer != 0.0 else None  # [B, V]
     so = step_fn(
-        logits, seeds=buf.seeds, step=t, do_sample=cfg.do_sample, temperature=cfg.temperature,
-        top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
+        logits if processed is None else processed, seeds=buf.seeds, step=t, do_sample=cfg.do_sample,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
         repetition_penalty=cfg.repetition_penalty, seen=buf.seen,
         suppress=buf.eos if suppress else None, reward=reward, steer=cfg.steer,
-        return_scores=cfg.output_scores)
+        return_scores=cfg.dense_scores)
+    policy = so.policy_logprobs  # [B]
+    if processed is not None:  # the model's own log-prob, before HF's processors
+        policy = torch.log_softmax(logits.float(), -1).gather(1, so.tokens[:, None])[:, 0]
     buf.first_bad.copy_(torch.where(buf.alive & ~so.valid & (buf.first_bad < 0), t, buf.first_bad))
     tok = torch.where(buf.alive, so.tokens, cfg.pad_token_id)  # [B]
     _put(buf.seqs, 1, buf.P + t, tok)
     _put(buf.out_mask, 1, t, buf.alive)
     _put(buf.logprobs, 1, t, torch.where(buf.alive, so.logprobs, 0.0))
-    _put(buf.policy_logprobs, 1, t, torch.where(buf.alive, so.policy_logprobs, 0.0))
+    _put(buf.policy_logprobs, 1, t, torch.where(buf.alive, policy, 0.0))
     if run is not None:
         _put(buf.comps, 2, t, run.record(tok, buf.alive, logits))  # [F, B]
     if buf.seen is not None:
@@ -241,13 +250,13 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     mask = attention_mask.long().repeat_interleave(cfg.num_return_sequences, 0)  # [B, P]
     B, P = ids.shape
     T = cfg.max_new_tokens
+    processors = logits_processors(model, cfg, ids, mask, generate_kwargs)  # None: the fused step alone
+    if processors is not None:  # HF's list holds the penalty and min_new_tokens: the step must not repeat them
+        cfg = dataclasses.replace(cfg, repetition_penalty=1.0, min_new_tokens=0)
+    stop = stopping_criteria(model, cfg, generate_kwargs)  # None: EOS and the length alone
     run = rewards.start(vocab, B, device, generate_kwargs.get("tokenizer"), ids, mask, T, cfg.linear) \
         if rewards else None
     streamer = generate_kwargs.get("streamer")
-    stop = None
-    if cfg.stop_strings:
-        from transformers.generation.stopping_criteria import StopStringCriteria
-        stop = StopStringCriteria(generate_kwargs["tokenizer"], list(cfg.stop_strings))
 
     buf = _Buffers.start(cfg, ids, mask, input_ids.shape[0], T, len(run.names) if run else 0, vocab)
     scores = []
@@ -265,14 +274,17 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
         step_fn, sample = sample_step, _compiled_sample_one(model, cfg.compile_config, cfg.compile_required)
         t_dev = torch.zeros((), dtype=torch.long, device=device)
     for t in range(T):
+        processed = None
+        if processors is not None:  # HF casts a copy to float32 for its processors, which may write to it
+            processed = processors(buf.seqs[:, : P + t], logits.to(torch.float32, copy=True))  # [B, V]
         tok, step_scores = sample(step_fn, cfg, run, buf, logits, t if t_dev is None else t_dev.fill_(t),
-                                  t < cfg.min_new_tokens)
+                                  t < cfg.min_new_tokens, processed)
         if cfg.output_scores:
             scores.append(step_scores)
         if streamer is not None:
             streamer.put(tok.cpu())
-        if stop is not None:
-            buf.alive &= ~stop(buf.seqs[:, : P + t + 1], None)
+        if stop is not None:  # as HF: a row stops when any criterion says so
+            buf.alive &= ~stop(buf.seqs[:, : P + t + 1], step_scores)
         if t + 1 == T:
             break
         if streamer is not None or (t + 1) % SYNC_EVERY == 0:
@@ -284,7 +296,8 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     first_bad, out_mask, seqs, comps = buf.first_bad, buf.out_mask, buf.seqs, buf.comps
     if bool((first_bad >= 0).any()):
         rows = torch.nonzero(first_bad >= 0)[:, 0].tolist()
-        raise NonFiniteLogitsError(f"the model's logits had NaN/+inf or no finite value in rows {rows} "
+        where = "the model's logits" + (" after the logits processors" if processors is not None else "")
+        raise NonFiniteLogitsError(f"{where} had NaN/+inf or no finite value in rows {rows} "
                                    f"(first at step {int(first_bad[rows[0]])}); nothing was sampled from them")
 
     n = int(out_mask.any(0).sum())  # steps until the last row finished, as HF stops

@@ -165,7 +165,7 @@ BAD = [
     (dict(max_new_tokens=-1), ValueError, "max_new_tokens"),
     (dict(num_beams=2), ValueError, "num_beams"),
     (dict(num_return_sequences=0), ValueError, "num_return_sequences"),  # HF makes it 1
-    (dict(logits_processor=[object()]), ValueError, "logits_processor"),
+    (dict(logits_processor=[object()]), TypeError, "logits_processor"),
     (dict(synced_gpus=True), ValueError, "synced_gpus"),
     (dict(generation_config=GenerationConfig(token_healing=True)), ValueError, "token_healing"),
     (dict(generation_config=GenerationConfig(force_words_ids=[[5]])), ValueError, "force_words_ids"),

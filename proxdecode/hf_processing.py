@@ -1,0 +1,107 @@
+"""HF's own logits processors and stopping criteria, for what the fused step does not fuse.
+
+Why: HF's ``generate`` is extended through a ``logits_processor`` list, ``stopping_criteria``
+and ``prefix_allowed_tokens_fn``, and a handful of generation-config fields turn into
+processors inside it (``no_repeat_ngram_size``, ``bad_words_ids``, ``sequence_bias``,
+``suppress_tokens``, ...). A drop-in has to take them all. Writing each again would be
+writing HF by hand, and a caller's processor is arbitrary Python anyway, so they run as HF
+builds them:
+
+- ``logits_processors`` asks the model for HF's list with sampling switched off, which is
+  HF's processors *without* its warpers, in HF's order: the config's processors (the
+  repetition penalty and ``min_new_tokens`` among them), then the caller's. The fused step
+  then does what HF runs after them (temperature, top-k, top-p, min-p), plus the steering
+  and the draw; the engine turns the step's own penalty and EOS suppression off, so
+  nothing is applied twice.
+- ``stopping_criteria`` holds ``stop_strings``, ``max_time`` and the caller's criteria, and
+  the loop ANDs them into its rows' alive flags after each step, as HF does. EOS and the
+  length the loop checks itself.
+
+This is the slow path: eager Python between the forward and the step (a compiled step still
+runs compiled after it), with whatever host syncs the processors make. Calls that use none
+of it never build it, and their steps are the fused ones alone.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+# GenerationConfig fields that HF turns into logits processors, with their inert values
+PROCESSOR_FIELDS = {
+    "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "sequence_bias": (None,),
+    "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,), "min_length": (None, 0), "exponential_decay_length_penalty": (None,),
+    "remove_invalid_values": (None, False),
+}
+# generate's own parameters (not GenerationConfig fields) that this module serves
+CALL_ARGS = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn")
+
+
+def check_call_args(kwargs: dict) -> None:
+    """Refuse a ``logits_processor`` / ``stopping_criteria`` that is not a list of callables and
+    a ``prefix_allowed_tokens_fn`` that is not callable, before any model work."""
+    for name in ("logits_processor", "stopping_criteria"):
+        value = kwargs.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, list):  # HF's LogitsProcessorList / StoppingCriteriaList are lists
+            kind = "LogitsProcessorList" if name == "logits_processor" else "StoppingCriteriaList"
+            raise TypeError(f"{name} must be a list ({kind} or a plain list) of callables, got {type(value).__name__}")
+        bad = [type(x).__name__ for x in value if not callable(x)]
+        if bad:
+            raise TypeError(f"{name} must hold callables (input_ids, scores) -> ..., got {', '.join(bad)}")
+    fn = kwargs.get("prefix_allowed_tokens_fn")
+    if fn is not None and not callable(fn):
+        raise TypeError(f"prefix_allowed_tokens_fn must be callable (batch_id, input_ids) -> list of allowed ids, "
+                        f"got {type(fn).__name__}")
+
+
+def needs_processors(gc, kwargs: dict, is_inert) -> bool:
+    """Whether HF's processors have to run: a processor field of ``gc`` is set, or the caller
+    gave processors or a ``prefix_allowed_tokens_fn``."""
+    fields = any(not is_inert(getattr(gc, f, None), inert) for f, inert in PROCESSOR_FIELDS.items())
+    return fields or bool(kwargs.get("logits_processor")) or kwargs.get("prefix_allowed_tokens_fn") is not None
+
+
+def logits_processors(model, cfg, ids: torch.Tensor, mask: torch.Tensor, kwargs: dict):
+    """HF's ``LogitsProcessorList`` for this call, without its warpers; None when not needed.
+
+    Args:
+        model: the HF model (its ``_get_logits_processor`` builds the list).
+        cfg: the call's ``DecodeConfig``; ``cfg.hf_config`` is the merged GenerationConfig.
+        ids: ``[B, P]`` the rows as decoded (``num_return_sequences`` already expanded).
+        mask: ``[B, P]`` their attention mask (the repetition penalty skips left padding
+            where the installed HF does).
+        kwargs: the call's generate arguments (the caller's processors, prefix function).
+
+    Called once per call, before the prefill. Each step then calls the list on the ``[B, P+t]``
+    sequences so far and a float32 copy of the ``[B, V]`` logits, as HF does.
+    """
+    if not cfg.hf_processors:
+        return None
+    gc = copy.deepcopy(cfg.hf_config)
+    gc.do_sample = False  # HF then leaves the warpers out: the fused step applies them, after these
+    gc.max_length = ids.shape[1] + cfg.max_new_tokens  # as HF's _prepare_generated_length (forced_eos reads it)
+    model._prepare_special_tokens(gc, True, device=ids.device)  # the EOS tensor bad_words / min_length read
+    return model._get_logits_processor(
+        generation_config=gc, input_ids_seq_length=ids.shape[1], encoder_input_ids=ids,
+        prefix_allowed_tokens_fn=kwargs.get("prefix_allowed_tokens_fn"),
+        logits_processor=kwargs.get("logits_processor") or [], device=ids.device,
+        model_kwargs={"attention_mask": mask})
+
+
+def stopping_criteria(model, cfg, kwargs: dict):
+    """The ``StoppingCriteriaList`` of ``stop_strings``, ``max_time`` and the caller's criteria
+    (merged as HF merges them: a caller's criterion replaces HF's of the same type); None when
+    empty. Built before the prefill, so ``max_time`` counts from there, as in HF."""
+    from transformers.generation.stopping_criteria import MaxTimeCriteria, StopStringCriteria, StoppingCriteriaList
+
+    criteria = StoppingCriteriaList()
+    if cfg.max_time is not None:
+        criteria.append(MaxTimeCriteria(max_time=cfg.max_time))
+    if cfg.stop_strings:
+        criteria.append(StopStringCriteria(kwargs["tokenizer"], list(cfg.stop_strings)))
+    criteria = model._merge_criteria_processor_list(criteria, kwargs.get("stopping_criteria") or [])
+    return criteria or None

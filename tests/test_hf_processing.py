@@ -1,0 +1,231 @@
+"""HF's extension points through ``pd.generate``: the config fields HF turns into logits
+processors, a caller's ``logits_processor`` and ``prefix_allowed_tokens_fn``, and
+``stopping_criteria`` / ``max_time``. Oracles: HF's own ``generate`` (greedy tokens and
+scores), HF's processors applied by hand to the model's logits (sampling, where the draws
+differ), and plain Python rules on the output. Every case also checks that the argument
+changed the output, so a silently ignored one fails."""
+
+import os
+import shutil
+
+import pytest
+import torch
+from transformers import (LogitsProcessor, LogitsProcessorList, MaxLengthCriteria, StoppingCriteria,
+                          StoppingCriteriaList)
+from transformers.generation.logits_process import (NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                                                    TemperatureLogitsWarper, TopKLogitsWarper)
+
+import proxdecode as pd
+from conftest import assert_verbose_allclose
+
+
+@pytest.fixture(scope="module")
+def enc(tiny):
+    _, tok = tiny
+    return tok(["I like to eat", "Today is a very nice day and"], return_tensors="pt", padding=True)
+
+
+class BanEvenIdsAfter(LogitsProcessor):
+    """A caller's processor, HF style: writes into the scores it is given, reads the length."""
+
+    def __init__(self, start):
+        self.start = start
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] >= self.start:
+            scores[:, ::2] = float("-inf")
+        return scores
+
+
+def _prefix_fn(batch_id, input_ids):  # row 0 may only say ids 300..399, row 1 ids 1000..1099
+    return list(range(300, 400)) if batch_id == 0 else list(range(1000, 1100))
+
+
+# the tiny model's greedy rows say 3134 (row 0) and 284, then 3937 (row 1) over and over
+GREEDY = {
+    "no_repeat_ngram_size": dict(no_repeat_ngram_size=2),
+    "bad_words_ids": dict(bad_words_ids=[[3134], [284, 284]]),
+    "sequence_bias": dict(sequence_bias={(3134,): -20.0, (284, 284): -5.0}),
+    "suppress_tokens": dict(suppress_tokens=[3134, 3937]),
+    "begin_suppress_tokens": dict(begin_suppress_tokens=[3134, 284]),
+    "min_length": dict(min_length=16, eos_token_id=3134),  # row 0 would end at once
+    "forced_eos_token_id": dict(forced_eos_token_id=7),
+    "exponential_decay_length_penalty": dict(exponential_decay_length_penalty=(2, 3.0), eos_token_id=500),
+    "logits_processor": dict(logits_processor=LogitsProcessorList([BanEvenIdsAfter(10)])),
+    "prefix_allowed_tokens_fn": dict(prefix_allowed_tokens_fn=_prefix_fn),
+    "penalty_ngram_min_new": dict(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=4,
+                                  eos_token_id=3134),
+}
+
+
+def _logits(model, out, enc):
+    """``[B, P+T, V]`` float32 logits of the model teacher-forced on a rollout's sequences."""
+    with torch.inference_mode():
+        mask = torch.cat([enc["attention_mask"], out.mask.long()], 1)
+        return model(out.sequences, attention_mask=mask).logits.float()
+
+
+@pytest.mark.parametrize("case", GREEDY)
+def test_greedy_is_hfs_with_its_processors(tiny, enc, case):
+    model, _ = tiny
+    kw = GREEDY[case]
+    args = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    hf, ours = model.generate(**enc, **args, **kw), pd.generate(model, **enc, **args, **kw)
+    plain = model.generate(**enc, max_new_tokens=12, do_sample=False,
+                           **{k: v for k, v in kw.items() if k == "eos_token_id"})
+    assert not torch.equal(hf.sequences, plain), f"{case} must change HF's output, or it is not tested"
+    assert torch.equal(ours.sequences, hf.sequences), (case, ours.sequences, hf.sequences)
+    for t, (a, b) in enumerate(zip(ours.scores, hf.scores)):
+        assert_verbose_allclose(a, b, atol=1e-5, rtol=1e-5, name=f"{case} scores, step {t}")
+    # the policy's log-probs stay the model's own, before any processor
+    P = enc["input_ids"].shape[1]
+    raw = _logits(model, ours, enc)[:, P - 1:-1].log_softmax(-1).gather(2, ours.tokens[..., None])[..., 0]
+    assert_verbose_allclose(ours.policy_logprobs[ours.mask], raw[ours.mask], atol=1e-4, rtol=1e-4,
+                            name=f"{case} policy_logprobs")
+
+
+def test_processors_run_before_the_warpers_when_sampling(tiny, enc):
+    """Sampling draws differ from HF's, so the oracle is HF's processors applied by hand, in
+    HF's order, to the model's logits of pd's own rows: repetition penalty, no-repeat n-gram,
+    the caller's processor, then temperature and top-k. pd's scores must be exactly those."""
+    model, _ = tiny
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    kw = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, temperature=0.7, top_k=20,
+              logits_processor=LogitsProcessorList([BanEvenIdsAfter(9)]))
+    out = pd.generate(model, **enc, max_new_tokens=10, do_sample=True, seed=3, return_dict_in_generate=True,
+                      output_scores=True, **kw)
+    padding = (mask == 0).sum(1)  # [B] left padding, which the installed HF's penalty skips
+    oracle = LogitsProcessorList([
+        RepetitionPenaltyLogitsProcessor(1.3, prompt_ignore_length=padding), NoRepeatNGramLogitsProcessor(2),
+        BanEvenIdsAfter(9), TemperatureLogitsWarper(0.7), TopKLogitsWarper(20)])
+    logits = _logits(model, out, enc)  # [B, P+T, V]
+    P = ids.shape[1]
+    for t, got in enumerate(out.scores):
+        want = oracle(out.sequences[:, : P + t], logits[:, P + t - 1].clone())
+        assert_verbose_allclose(got, want, atol=1e-4, rtol=1e-4, name=f"scores, step {t}")
+    seqs = out.sequences[:, P:].tolist()
+    for row, keep in zip(seqs, out.mask.tolist()):  # no 2-gram twice (prompt included), a plain loop
+        row = [a for a, k in zip(row, keep) if k]
+        pairs = list(zip(row, row[1:]))
+        assert len(pairs) == len(set(pairs)), row
+
+
+def test_processors_with_rewards_and_steering(tiny, enc):
+    """The rewards read the model's logits, the step the processed ones: the tokens steering
+    picked are banned, and steering then finds other tokens with the word, never those."""
+    model, tok = tiny
+    rewards = pd.Rewards(tok, [pd.rewards.WordList(["the"], whole_words=False), pd.rewards.Fluency(weight=0.1)])
+    kw = dict(max_new_tokens=10, do_sample=True, top_k=0, seed=0, rewards=rewards, steer=50.0)
+    free = pd.generate(model, **enc, **kw)
+    banned = sorted(set(free.tokens[free.mask].tolist()))
+    assert free.reward_components["words"].sum() > 0, "steering must find the word, or nothing is tested"
+    out = pd.generate(model, **enc, **kw, bad_words_ids=[[t] for t in banned])
+    assert not torch.isin(out.tokens[out.mask], torch.tensor(banned)).any()
+    assert out.reward_components["words"].sum() > 0
+    assert_verbose_allclose(out.rewards, sum(out.reward_components.values()), atol=1e-6, rtol=1e-6, name="rewards")
+
+
+class StopAfterToken(StoppingCriteria):
+    """A caller's criterion that also reads the scores HF passes it."""
+
+    def __init__(self, token):
+        self.token, self.scores_seen = token, []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.scores_seen.append(scores is not None and scores.shape == (input_ids.shape[0], 49152))
+        return input_ids[:, -1] == self.token
+
+
+def test_callers_stopping_criteria_and_max_time(tiny, enc):
+    model, _ = tiny
+    plain = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    P = enc["input_ids"].shape[1]
+    token = int(plain[1, P + 3])  # row 1 says it at step 3: it stops there, row 0 runs on
+    hf_crit, pd_crit = StopAfterToken(token), StopAfterToken(token)
+    hf = model.generate(**enc, max_new_tokens=12, do_sample=False, stopping_criteria=StoppingCriteriaList([hf_crit]))
+    ours = pd.generate(model, **enc, max_new_tokens=12, do_sample=False, stopping_criteria=[pd_crit])
+    assert not torch.equal(hf, plain), "the criterion must stop a row early, or it is not tested"
+    assert torch.equal(ours, hf), (ours, hf)
+    assert pd_crit.scores_seen and all(pd_crit.scores_seen)
+    # max_time: HF checks it after each token; a budget of 0 s stops every row after the first
+    assert torch.equal(pd.generate(model, **enc, max_new_tokens=12, do_sample=False, max_time=0.0),
+                       model.generate(**enc, max_new_tokens=12, do_sample=False, max_time=0.0))
+    # a caller's MaxLengthCriteria, as HF merges it with its own length check
+    crit = StoppingCriteriaList([MaxLengthCriteria(max_length=P + 5)])
+    assert torch.equal(pd.generate(model, **enc, max_new_tokens=12, do_sample=False, stopping_criteria=crit),
+                       model.generate(**enc, max_new_tokens=12, do_sample=False, stopping_criteria=crit))
+
+
+class Nothing(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        scores[0] = float("-inf")
+        return scores
+
+
+def test_a_processor_that_leaves_no_token_is_reported(tiny, enc):
+    model, _ = tiny
+    match = "after the logits processors had .* rows \\[0\\] .first at step 0"
+    with pytest.raises(pd.NonFiniteLogitsError, match=match):
+        pd.generate(model, **enc, max_new_tokens=4, logits_processor=[Nothing()])
+
+
+def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
+    """A NaN column in the model's logits: refused as always, unless the caller asks HF's
+    ``remove_invalid_values``, whose processor zeroes it; then the output is HF's."""
+    model, _ = tiny
+    head = model.get_output_embeddings().weight
+    keep = head[3134].clone()
+    args = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    try:
+        with torch.no_grad():
+            head[3134] = float("nan")
+        with pytest.raises(pd.NonFiniteLogitsError, match="the model's logits had NaN"):
+            pd.generate(model, **enc, **args)
+        hf = model.generate(**enc, **args, remove_invalid_values=True)
+        ours = pd.generate(model, **enc, **args, remove_invalid_values=True)
+    finally:
+        with torch.no_grad():
+            head[3134] = keep
+    assert torch.equal(ours.sequences, hf.sequences)
+    for t, (a, b) in enumerate(zip(ours.scores, hf.scores)):
+        assert_verbose_allclose(a, b, atol=1e-5, rtol=1e-5, name=f"scores, step {t}")
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(logits_processor=BanEvenIdsAfter(3)), TypeError, "logits_processor must be a list"),
+    (dict(logits_processor=[object()]), TypeError, "logits_processor must hold callables"),
+    (dict(stopping_criteria=[5]), TypeError, "stopping_criteria must hold callables"),
+    (dict(prefix_allowed_tokens_fn=[1, 2]), TypeError, "prefix_allowed_tokens_fn must be callable"),
+    (dict(no_repeat_ngram_size=-1), ValueError, "no_repeat_ngram_size must be an integer >= 0"),
+    (dict(min_length=1.5), ValueError, "min_length must be an integer >= 0"),
+    (dict(max_time=-1.0), ValueError, "max_time must be a finite number"),
+    (dict(max_time=float("inf")), ValueError, "max_time must be a finite number"),
+    (dict(bad_words_ids=[[-3]]), ValueError, "bad_words_ids"),  # HF's own check, before the model runs
+])
+def test_bad_processor_arguments_are_refused_before_the_model_runs(tiny, enc, monkeypatch, kw, err, match):
+    model, _ = tiny
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the model ran before the arguments were checked")
+
+    monkeypatch.setattr(model, "forward", boom)
+    with pytest.raises(err, match=match):
+        pd.generate(model, **enc, max_new_tokens=3, **kw)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor needs a C++ compiler")
+def test_processors_before_a_compiled_step(tiny, enc):
+    """With ``compile`` and rewards the step after the forward is one compiled graph; HF's
+    processors run eager before it, and the rollout is the eager one's."""
+    from transformers import CompileConfig
+
+    model, tok = tiny
+    rewards = pd.Rewards(tok, [pd.rewards.Sentiment(), pd.rewards.EndsWith(".", weight=0.5)])
+    kw = dict(max_new_tokens=8, do_sample=True, top_k=40, seed=5, rewards=rewards, steer=1.0,
+              no_repeat_ngram_size=2, repetition_penalty=1.2, min_new_tokens=2, suppress_tokens=[3134])
+    want = pd.generate(model, **enc, **kw, backend="torch")
+    got = pd.generate(model, **enc, **kw, compile=True, compile_config=CompileConfig(dynamic=False))
+    assert torch.equal(got.sequences, want.sequences)
+    assert_verbose_allclose(got.logprobs, want.logprobs, 1e-5, 1e-5, "logprobs")
+    assert_verbose_allclose(got.policy_logprobs, want.policy_logprobs, 1e-5, 1e-5, "policy_logprobs")
+    assert_verbose_allclose(got.rewards, want.rewards, 1e-5, 1e-5, "rewards")
