@@ -26,16 +26,16 @@ SUPPORTED_ARGS = frozenset({
     "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "eos_token_id",
     "pad_token_id", "bos_token_id", "num_return_sequences", "return_dict_in_generate",
     "output_scores", "streamer", "stop_strings", "tokenizer", "use_cache", "cache_implementation",
-    "compile_config", "disable_compile", "max_time", *CALL_ARGS, *PROCESSOR_FIELDS,
+    "compile_config", "disable_compile", "max_time", "output_logits", "renormalize_logits",
+    *CALL_ARGS, *PROCESSOR_FIELDS,
 })
 
 # GenerationConfig fields whose non-default values select behaviour not implemented here.
 _INACTIVE_WHEN = {
     "num_beams": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None,),
     "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0),
-    "top_h": (None,), "guidance_scale": (None, 1.0), "output_logits": (None, False),
+    "top_h": (None,), "guidance_scale": (None, 1.0),
     "output_attentions": (None, False), "output_hidden_states": (None, False),
-    "renormalize_logits": (None, False),
     "watermarking_config": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
     "encoder_repetition_penalty": (None, 1.0), "encoder_no_repeat_ngram_size": (None, 0),
     "diversity_penalty": (None, 0.0), "constraints": (None,), "force_words_ids": (None,),
@@ -87,6 +87,8 @@ class DecodeConfig:
     num_return_sequences: int
     return_dict_in_generate: bool
     output_scores: bool
+    output_logits: bool  # HF's: the raw [B, V] logits of every step
+    renormalize_logits: bool  # HF's: the scores (output, and the criteria's) are log-probs
     steer: float
     gamma: float
     prompt_seeds: tuple[int, ...] | None  # one per prompt, None: drawn from torch's RNG
@@ -221,7 +223,8 @@ class DecodeConfig:
             min_p=float(min_p), repetition_penalty=float(rp), eos_token_ids=eos_ids,
             pad_token_id=int(pad), num_return_sequences=int(n_ret),
             return_dict_in_generate=bool(gc.return_dict_in_generate),
-            output_scores=bool(gc.output_scores), steer=float(steer), gamma=float(gamma),
+            output_scores=bool(gc.output_scores), output_logits=bool(gc.output_logits),
+            renormalize_logits=bool(gc.renormalize_logits), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
             static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear,

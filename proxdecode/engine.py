@@ -108,6 +108,9 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
     policy = so.policy_logprobs  # [B]
     if processed is not None:  # the model's own log-prob, before HF's processors
         policy = torch.log_softmax(logits.float(), -1).gather(1, so.tokens[:, None])[:, 0]
+    scores = so.scores
+    if scores is not None and cfg.renormalize_logits:  # HF's LogitNormalization, its last processor
+        scores = torch.log_softmax(scores, dim=-1)
     buf.first_bad.copy_(torch.where(buf.alive & ~so.valid & (buf.first_bad < 0), t, buf.first_bad))
     tok = torch.where(buf.alive, so.tokens, cfg.pad_token_id)  # [B]
     _put(buf.seqs, 1, buf.P + t, tok)
@@ -119,7 +122,7 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
     if buf.seen is not None:
         buf.seen.scatter_(1, tok[:, None], True)
     buf.alive &= ~(tok[:, None] == buf.eos).any(1)  # [B, E]; torch.isin sorts (and syncs) for many ids
-    return tok, so.scores
+    return tok, scores
 
 
 # compile_config (as a tuple of its settings) -> sample_one compiled with them
@@ -259,7 +262,7 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     streamer = generate_kwargs.get("streamer")
 
     buf = _Buffers.start(cfg, ids, mask, input_ids.shape[0], T, len(run.names) if run else 0, vocab)
-    scores = []
+    scores, raw_logits = [], []
     if streamer is not None:
         streamer.put(ids.cpu())
 
@@ -281,6 +284,8 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
                                   t < cfg.min_new_tokens, processed)
         if cfg.output_scores:
             scores.append(step_scores)
+        if cfg.output_logits:  # a copy: a compiled forward may write its next logits in place
+            raw_logits.append(logits.to(torch.float32, copy=True))
         if streamer is not None:
             streamer.put(tok.cpu())
         if stop is not None:  # as HF: a row stops when any criterion says so
@@ -323,7 +328,8 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
         policy_logprobs=buf.policy_logprobs[:, :n], rewards=total,
         reward_components={k: comps[i] for i, k in enumerate(names)},
         returns=discounted_returns(total, mask_n, cfg.gamma),
-        scores=tuple(scores[:n]) if cfg.output_scores else None, prompt_mask=mask, vocab_size=vocab)
+        scores=tuple(scores[:n]) if cfg.output_scores else None,
+        logits=tuple(raw_logits[:n]) if cfg.output_logits else None, prompt_mask=mask, vocab_size=vocab)
     if failure is not None:
         failure.rollout = rollout
         raise failure

@@ -2,9 +2,9 @@
 
 It subclasses HF's ``GenerateDecoderOnlyOutput``, what ``model.generate`` returns with
 ``return_dict_in_generate=True``, so code written for that keeps working (``isinstance``,
-``out.sequences``, ``out.scores``, ``out["sequences"]``). Its ``logits``, ``attentions``,
-``hidden_states`` and cache stay None: ``generate`` refuses ``output_logits`` and the like,
-and the engine keeps its cache. It also carries what an on-policy trainer needs per
+``out.sequences``, ``out.scores``, ``out.logits``, ``out["sequences"]``). Its ``attentions``,
+``hidden_states`` and cache stay None: ``generate`` refuses ``output_attentions`` and the
+like, and the engine keeps its cache. It also carries what an on-policy trainer needs per
 generated token, aligned on ``[B, T]``.
 """
 
@@ -32,7 +32,9 @@ class Rollout(GenerateDecoderOnlyOutput):
             on each row's last valid step; 0 where ``mask`` is False.
         reward_components: ``{name: [B, T]}``, one per family; they sum to ``rewards``.
         returns: ``[B, T]`` float32, discounted returns with the call's ``gamma``.
-        scores: with ``output_scores=True``, HF's tuple of ``T`` processed ``[B, V]`` scores.
+        scores: with ``output_scores=True``, HF's tuple of ``T`` processed ``[B, V]`` scores
+            (log-probs with ``renormalize_logits=True``).
+        logits: with ``output_logits=True``, HF's tuple of ``T`` raw ``[B, V]`` float32 logits.
         prompt_mask: ``[B, P]`` the prompts' attention mask (0 on left padding), so a trainer
             can re-run prompt + completion in one forward.
         vocab_size: logits per position of the model that made the rollout.

@@ -108,3 +108,26 @@ def test_stop_strings_set_in_a_generation_config_stop_as_in_hf(tiny, enc):
     hf = model.generate(**enc, generation_config=gc, tokenizer=tok)
     assert hf.shape[1] < free.shape[1] or (hf != free).any()  # the oracle did stop somewhere
     _same(pd.generate(model, **enc, generation_config=gc, tokenizer=tok), hf)
+
+
+def test_output_logits_and_renormalize_logits_as_in_hf(tiny, enc):
+    """``output_logits``: the raw logits of every step, HF's. ``renormalize_logits``: the scores
+    become log-probs (HF's ``LogitNormalization``, its last processor) and nothing else changes:
+    greedy against HF, sampled against the same seed's run without it."""
+    model, _ = tiny
+    args = dict(max_new_tokens=5, return_dict_in_generate=True, output_scores=True, output_logits=True)
+    hf = model.generate(**enc, **args, do_sample=False, renormalize_logits=True, repetition_penalty=1.3)
+    ours = pd.generate(model, **enc, **args, do_sample=False, renormalize_logits=True, repetition_penalty=1.3)
+    _same(ours.sequences, hf.sequences)
+    assert len(ours.logits) == len(hf.logits) == 5
+    for t in range(5):
+        torch.testing.assert_close(ours.logits[t], hf.logits[t].float(), rtol=1e-5, atol=1e-5, msg=f"logits {t}")
+        torch.testing.assert_close(ours.scores[t], hf.scores[t].float(), rtol=1e-5, atol=1e-5, msg=f"scores {t}")
+    assert not torch.allclose(ours.scores[0], ours.logits[0]), "renormalising must change the scores"
+    sampled = dict(max_new_tokens=6, do_sample=True, top_k=30, temperature=0.8, seed=4, return_dict_in_generate=True,
+                   output_scores=True)
+    plain, renorm = pd.generate(model, **enc, **sampled), pd.generate(model, **enc, **sampled, renormalize_logits=True)
+    _same(renorm.sequences, plain.sequences)
+    for t, (a, b) in enumerate(zip(renorm.scores, plain.scores)):
+        torch.testing.assert_close(a, torch.log_softmax(b, -1), rtol=1e-5, atol=1e-5, msg=f"step {t}")
+    assert plain.logits is None
