@@ -38,7 +38,8 @@ def _generate(model, tok, prompts, entries, args, steer):
     enc = tok(prompts, return_tensors="pt", padding=True)
     kw = dict(max_new_tokens=args.max_new_tokens, num_return_sequences=args.n,
               do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, return_dict_in_generate=True)
+              top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+              no_repeat_ngram_size=args.no_repeat_ngram_size, return_dict_in_generate=True)
     return pd.generate(model, **enc, rewards=rewards, steer=steer, gamma=args.gamma, seed=args.seed,
                        **_engine(args), **kw)
 
@@ -254,6 +255,11 @@ def _sampling_args(p, n=1):
     p.add_argument("--temperature", type=number(0.0, low_open=True), default=1.0, help="> 0")
     p.add_argument("--top-k", type=at_least(0), default=50, help="0: no top-k")
     p.add_argument("--top-p", type=number(0.0, 1.0, low_open=True), default=1.0, help="in (0, 1]; 1: no top-p")
+    p.add_argument("--min-p", type=number(0.0, 1.0), default=0.0, help="in [0, 1]; 0: no min-p")
+    p.add_argument("--repetition-penalty", type=number(0.0, low_open=True), default=1.0,
+                   help="> 0; HF's: seen tokens' logits divided (positive) or multiplied (negative) by it")
+    p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=0,
+                   help="no n-gram of this size twice, prompt included (HF's processor); 0: off")
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     p.add_argument("--gamma", type=number(0.0, 1.0), default=1.0, help="discount of the returns, in [0, 1]")
     p.add_argument("--seed", type=at_least(0), default=0, help="prompt i samples with seed + i")

@@ -53,11 +53,34 @@ def test_engine_flags_reach_generate(real, capsys, packed_calls):
         main(args + ["--linear", "onednn", "--compile"])
 
 
+def test_sampling_flags_are_hfs_arguments(real, capsys, monkeypatch):
+    """--repetition-penalty, --no-repeat-ngram-size and --min-p reach generate: greedy tokens
+    are HF's with the same arguments (min-p, a warper, no more changes greedy tokens than in
+    HF), and differ from the run without them."""
+    import proxdecode as pd
+
+    model, tok = real
+    seen, generate = [], pd.generate
+    monkeypatch.setattr(pd, "generate", lambda *a, **kw: seen.append(kw) or generate(*a, **kw))
+    flags = ["--repetition-penalty", "1.3", "--no-repeat-ngram-size", "2", "--min-p", "0.05"]
+    main(["generate", "I like to eat", "--greedy", "--max-new-tokens", "16", "--json"] + flags)
+    got = json.loads(capsys.readouterr().out)["completions"][0]["tokens"]
+    assert (seen[0]["repetition_penalty"], seen[0]["no_repeat_ngram_size"], seen[0]["min_p"]) == (1.3, 2, 0.05)
+    enc = tok(["I like to eat"], return_tensors="pt")
+    hf = model.generate(**enc, do_sample=False, max_new_tokens=16, repetition_penalty=1.3, no_repeat_ngram_size=2)
+    plain = model.generate(**enc, do_sample=False, max_new_tokens=16)
+    P = enc["input_ids"].shape[1]
+    assert got == hf[0, P:].tolist() != plain[0, P:].tolist()
+
+
 @pytest.mark.parametrize("args,match", [
     (["generate", "x", "-n", "0"], "-n: must be an integer >= 1"),
     (["generate", "x", "--steer", "nan"], "--steer: must be a finite number"),
     (["generate", "x", "--seed", "-1"], "--seed: must be an integer >= 0"),
     (["generate", "x", "--top-p", "2"], r"--top-p: must be a finite number in \(0, 1\]"),
+    (["generate", "x", "--min-p", "-0.1"], r"--min-p: must be a finite number in \[0, 1\]"),
+    (["generate", "x", "--repetition-penalty", "0"], r"--repetition-penalty: must be a finite number in \(0, inf\]"),
+    (["generate", "x", "--no-repeat-ngram-size", "1.5"], "--no-repeat-ngram-size: '1.5' is not an integer"),
     (["generate", "x", "--reward", "sentiment=abc"], "weight after '=' must be a number"),
     (["generate", "x", "--reward", "sentiment:x"], "sentiment takes no arguments"),
     (["generate", "x", "--reward", "ends-with:"], r"nothing after ':' \(the form is ends-with"),
