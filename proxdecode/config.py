@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import transformers
 
-from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, check_call_args, needs_processors
+from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, caller_max_length, check_call_args, check_fields, \
+    needs_processors
 
 # HF generate() arguments this engine implements.
 SUPPORTED_ARGS = frozenset({
@@ -102,7 +103,6 @@ class DecodeConfig:
     max_time: float | None = None  # seconds from the start of the call, then every row stops (HF's)
     hf_processors: bool = False  # HF's logits processors run before the step (hf_processing.py)
     hf_config: Any = None  # the merged GenerationConfig they are built from, when they run
-    dense_scores: bool = False  # the step returns its [B, V] scores: output_scores, or the caller's criteria read them
 
     @staticmethod
     def resolve(model, input_ids, attention_mask, *, steer, gamma, seed, rewards,
@@ -148,6 +148,12 @@ class DecodeConfig:
                 raise ValueError(f"max_length={max_length} must exceed the prompt length "
                                  f"{prompt_len}; or pass max_new_tokens")
             max_new = max_length - prompt_len
+        forced = caller_max_length(kwargs)
+        if forced is not None:  # HF: the caller's MaxLengthCriteria replaces the length from the config
+            if isinstance(forced, bool) or not isinstance(forced, int) or forced <= prompt_len:
+                raise ValueError(f"stopping_criteria: MaxLengthCriteria(max_length={forced!r}) must be an integer "
+                                 f"above the prompt length {prompt_len}")
+            max_new = forced - prompt_len
         _check_int("max_new_tokens", max_new, 0)
         min_new = gc.min_new_tokens or 0
         _check_int("min_new_tokens", min_new, 0)
@@ -217,6 +223,8 @@ class DecodeConfig:
             raise ValueError("linear='onednn' and compile do not combine (inductor cannot lower oneDNN's "
                              "packed weights); pass compile=False or linear='torch'")
         processors = needs_processors(gc, kwargs, _is_inert)
+        if processors:
+            check_fields(gc, model_vocab(model))
         return DecodeConfig(
             max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
@@ -229,8 +237,7 @@ class DecodeConfig:
             static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear,
             max_time=None if max_time is None else float(max_time),
-            hf_processors=processors, hf_config=gc if processors else None,
-            dense_scores=bool(gc.output_scores) or bool(kwargs.get("stopping_criteria")))
+            hf_processors=processors, hf_config=gc if processors else None)
 
     def row_seeds(self, batch: int) -> list[int]:
         """One Philox key per output row (prompt-major, as HF orders num_return_sequences)."""
@@ -240,6 +247,12 @@ class DecodeConfig:
         if base is None:
             base = tuple(int(s) for s in torch.randint(0, 2**62, (batch,)))
         return [row_seed(s, r) for s in base for r in range(self.num_return_sequences)]
+
+
+def model_vocab(model) -> int:
+    """Logits per position: the output head's rows (the config's vocabulary without a head)."""
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
 
 
 def _static_cache(model, cache_impl, do_compile: bool) -> bool:

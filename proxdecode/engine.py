@@ -22,8 +22,9 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from transformers.generation.logits_process import InfNanRemoveLogitsProcessor
 
-from .config import PENALTY_SKIPS_LEFT_PADDING, DecodeConfig
+from .config import PENALTY_SKIPS_LEFT_PADDING, DecodeConfig, model_vocab
 from .decoder import Decoder
 from .hf_processing import logits_processors, stopping_criteria
 from .returns import discounted_returns
@@ -104,7 +105,7 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p,
         repetition_penalty=cfg.repetition_penalty, seen=buf.seen,
         suppress=buf.eos if suppress else None, reward=reward, steer=cfg.steer,
-        return_scores=cfg.dense_scores)
+        return_scores=cfg.output_scores)
     policy = so.policy_logprobs  # [B]
     if processed is not None:  # the model's own log-prob, before HF's processors
         policy = torch.log_softmax(logits.float(), -1).gather(1, so.tokens[:, None])[:, 0]
@@ -243,8 +244,7 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
                                seed=seed, rewards=rewards, kwargs=generate_kwargs,
                                backend=backend, compile=compile, linear=linear)
     device = input_ids.device
-    head = model.get_output_embeddings()
-    vocab = head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
+    vocab = model_vocab(model)
     ids = input_ids.long()
     if attention_mask is None:  # HF: pad positions are masked only when pad differs from EOS
         pad_is_eos = cfg.pad_token_id in cfg.eos_token_ids
@@ -257,6 +257,7 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     if processors is not None:  # HF's list holds the penalty and min_new_tokens: the step must not repeat them
         cfg = dataclasses.replace(cfg, repetition_penalty=1.0, min_new_tokens=0)
     stop = stopping_criteria(model, cfg, generate_kwargs)  # None: EOS and the length alone
+    repair = InfNanRemoveLogitsProcessor() if processors is not None and cfg.hf_config.remove_invalid_values else None
     run = rewards.start(vocab, B, device, generate_kwargs.get("tokenizer"), ids, mask, T, cfg.linear) \
         if rewards else None
     streamer = generate_kwargs.get("streamer")
@@ -276,11 +277,14 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
         # them (without rewards there is little to fuse, and the backend's kernel is faster)
         step_fn, sample = sample_step, _compiled_sample_one(model, cfg.compile_config, cfg.compile_required)
         t_dev = torch.zeros((), dtype=torch.long, device=device)
+    keep_scores = cfg.output_scores and cfg.return_dict_in_generate  # HF's criteria see these, else None
     for t in range(T):
-        processed = None
+        read, processed = logits, None  # what the rewards and policy_logprobs read; what the step samples
         if processors is not None:  # HF casts a copy to float32 for its processors, which may write to it
             processed = processors(buf.seqs[:, : P + t], logits.to(torch.float32, copy=True))  # [B, V]
-        tok, step_scores = sample(step_fn, cfg, run, buf, logits, t if t_dev is None else t_dev.fill_(t),
+            if repair is not None:  # remove_invalid_values: the model's logits as HF repairs them
+                read = repair(None, logits.to(torch.float32, copy=True))
+        tok, step_scores = sample(step_fn, cfg, run, buf, read, t if t_dev is None else t_dev.fill_(t),
                                   t < cfg.min_new_tokens, processed)
         if cfg.output_scores:
             scores.append(step_scores)
@@ -289,10 +293,11 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
         if streamer is not None:
             streamer.put(tok.cpu())
         if stop is not None:  # as HF: a row stops when any criterion says so
-            buf.alive &= ~stop(buf.seqs[:, : P + t + 1], step_scores)
+            buf.alive &= ~stop(buf.seqs[:, : P + t + 1], tuple(scores) if keep_scores else None)
         if t + 1 == T:
             break
-        if streamer is not None or (t + 1) % SYNC_EVERY == 0:
+        if streamer is not None or stop is not None or processors is not None or (t + 1) % SYNC_EVERY == 0:
+            # (the Python of processors and criteria syncs anyway: stop as soon as HF would)
             if bool((buf.first_bad >= 0).any()) or not bool(buf.alive.any()):
                 break
         logits = decoder.step(tok)
@@ -301,9 +306,10 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     first_bad, out_mask, seqs, comps = buf.first_bad, buf.out_mask, buf.seqs, buf.comps
     if bool((first_bad >= 0).any()):
         rows = torch.nonzero(first_bad >= 0)[:, 0].tolist()
-        where = "the model's logits" + (" after the logits processors" if processors is not None else "")
+        where = "the model's logits" + (", after the logits processors," if processors is not None else "")
         raise NonFiniteLogitsError(f"{where} had NaN/+inf or no finite value in rows {rows} "
-                                   f"(first at step {int(first_bad[rows[0]])}); nothing was sampled from them")
+                                   f"(first at step {int(first_bad[rows[0]])}); nothing was sampled from them "
+                                   "(remove_invalid_values=True replaces NaN and inf as HF does)")
 
     n = int(out_mask.any(0).sum())  # steps until the last row finished, as HF stops
     sequences = seqs[:, : P + n]

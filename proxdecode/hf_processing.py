@@ -46,7 +46,7 @@ def check_call_args(kwargs: dict) -> None:
         value = kwargs.get(name)
         if value is None:
             continue
-        if not isinstance(value, list):  # HF's LogitsProcessorList / StoppingCriteriaList are lists
+        if not isinstance(value, (list, tuple)):  # HF's LogitsProcessorList / StoppingCriteriaList are lists
             kind = "LogitsProcessorList" if name == "logits_processor" else "StoppingCriteriaList"
             raise TypeError(f"{name} must be a list ({kind} or a plain list) of callables, got {type(value).__name__}")
         bad = [type(x).__name__ for x in value if not callable(x)]
@@ -56,6 +56,45 @@ def check_call_args(kwargs: dict) -> None:
     if fn is not None and not callable(fn):
         raise TypeError(f"prefix_allowed_tokens_fn must be callable (batch_id, input_ids) -> list of allowed ids, "
                         f"got {type(fn).__name__}")
+
+
+def _is_id(x, vocab: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < vocab
+
+
+def _is_ids(x, vocab: int) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(_is_id(i, vocab) for i in x)
+
+
+def check_fields(gc, vocab: int) -> None:
+    """Refuse processor fields that HF would trip over only inside the loop (an id past the
+    vocabulary indexes out of range there) or with a message that names nothing, before any
+    model work."""
+    shapes = {  # field -> (check, what it must be)
+        "bad_words_ids": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+                          and all(_is_ids(w, vocab) for w in v), "a list of non-empty lists of token ids"),
+        "suppress_tokens": (lambda v: _is_ids(v, vocab), "a non-empty list of token ids"),
+        "begin_suppress_tokens": (lambda v: _is_ids(v, vocab), "a non-empty list of token ids"),
+        "forced_bos_token_id": (lambda v: _is_id(v, vocab), "a token id"),
+        "forced_eos_token_id": (lambda v: _is_id(v, vocab) or _is_ids(v, vocab), "a token id or a list of them"),
+    }
+    for name, (ok, what) in shapes.items():
+        value = getattr(gc, name, None)
+        if value is not None and not ok(value):
+            raise ValueError(f"{name} must be {what} (ids in [0, {vocab})), got {value!r}")
+    bias = gc.sequence_bias  # {(ids): bias} or [[ids, bias], ...]; HF checks the form, not the ids
+    if bias is not None:
+        seqs = list(bias) if isinstance(bias, dict) else [b[0] for b in bias if isinstance(b, (list, tuple)) and b]
+        bad = [q for q in seqs if not _is_ids(q, vocab)]
+        if bad:
+            raise ValueError(f"sequence_bias keys must be non-empty sequences of token ids in [0, {vocab}), "
+                             f"got {bad[0]!r}")
+    decay = gc.exponential_decay_length_penalty
+    if decay is not None and not (isinstance(decay, (tuple, list)) and len(decay) == 2
+                                  and isinstance(decay[0], int) and decay[0] >= 0
+                                  and isinstance(decay[1], (int, float)) and decay[1] > 0):
+        raise ValueError("exponential_decay_length_penalty must be (start_index >= 0, decay_factor > 0), "
+                         f"got {decay!r}")
 
 
 def needs_processors(gc, kwargs: dict, is_inert) -> bool:
@@ -83,19 +122,35 @@ def logits_processors(model, cfg, ids: torch.Tensor, mask: torch.Tensor, kwargs:
         return None
     gc = copy.deepcopy(cfg.hf_config)
     gc.do_sample = False  # HF then leaves the warpers out: the fused step applies them, after these
-    gc.max_length = ids.shape[1] + cfg.max_new_tokens  # as HF's _prepare_generated_length (forced_eos reads it)
+    gc.renormalize_logits = False  # the engine normalises the scores it returns, after the step
+    # the lengths as HF's _prepare_generated_length sets them: forced_eos reads max_length, and
+    # min_new_tokens replaces min_length
+    gc.max_length = ids.shape[1] + cfg.max_new_tokens
+    if gc.min_new_tokens is not None:
+        gc.min_length = ids.shape[1] + gc.min_new_tokens
     model._prepare_special_tokens(gc, True, device=ids.device)  # the EOS tensor bad_words / min_length read
     return model._get_logits_processor(
         generation_config=gc, input_ids_seq_length=ids.shape[1], encoder_input_ids=ids,
         prefix_allowed_tokens_fn=kwargs.get("prefix_allowed_tokens_fn"),
-        logits_processor=kwargs.get("logits_processor") or [], device=ids.device,
+        logits_processor=list(kwargs.get("logits_processor") or ()), device=ids.device,
         model_kwargs={"attention_mask": mask})
+
+
+def caller_max_length(kwargs: dict) -> int | None:
+    """The length a caller's ``MaxLengthCriteria`` sets, which in HF replaces the length from
+    the config (its merge keeps the caller's criterion of a type HF also makes); None without."""
+    from transformers.generation.stopping_criteria import MaxLengthCriteria
+
+    lengths = [c.max_length for c in kwargs.get("stopping_criteria") or () if type(c) is MaxLengthCriteria]
+    return min(lengths) if lengths else None
 
 
 def stopping_criteria(model, cfg, kwargs: dict):
     """The ``StoppingCriteriaList`` of ``stop_strings``, ``max_time`` and the caller's criteria
     (merged as HF merges them: a caller's criterion replaces HF's of the same type); None when
-    empty. Built before the prefill, so ``max_time`` counts from there, as in HF."""
+    empty. Built before the prefill, so ``max_time`` counts from there, as in HF. Called, as in
+    HF, with the sequences so far and the tuple of scores when ``return_dict_in_generate``
+    and ``output_scores`` keep them, else None."""
     from transformers.generation.stopping_criteria import MaxTimeCriteria, StopStringCriteria, StoppingCriteriaList
 
     criteria = StoppingCriteriaList()
@@ -103,5 +158,5 @@ def stopping_criteria(model, cfg, kwargs: dict):
         criteria.append(MaxTimeCriteria(max_time=cfg.max_time))
     if cfg.stop_strings:
         criteria.append(StopStringCriteria(kwargs["tokenizer"], list(cfg.stop_strings)))
-    criteria = model._merge_criteria_processor_list(criteria, kwargs.get("stopping_criteria") or [])
+    criteria = model._merge_criteria_processor_list(criteria, list(kwargs.get("stopping_criteria") or ()))
     return criteria or None

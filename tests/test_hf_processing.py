@@ -49,6 +49,7 @@ GREEDY = {
     "suppress_tokens": dict(suppress_tokens=[3134, 3937]),
     "begin_suppress_tokens": dict(begin_suppress_tokens=[3134, 284]),
     "min_length": dict(min_length=16, eos_token_id=3134),  # row 0 would end at once
+    "min_new_tokens_over_min_length": dict(min_length=17, min_new_tokens=2, eos_token_id=3937),  # HF: the latter wins
     "forced_eos_token_id": dict(forced_eos_token_id=7),
     "exponential_decay_length_penalty": dict(exponential_decay_length_penalty=(2, 3.0), eos_token_id=500),
     "logits_processor": dict(logits_processor=LogitsProcessorList([BanEvenIdsAfter(10)])),
@@ -56,6 +57,9 @@ GREEDY = {
     "penalty_ngram_min_new": dict(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=4,
                                   eos_token_id=3134),
 }
+
+# what a case must change HF's output against (default: plain greedy with the case's EOS)
+BASELINE = {"min_new_tokens_over_min_length": dict(min_length=17, eos_token_id=3937)}
 
 
 def _logits(model, out, enc):
@@ -71,8 +75,8 @@ def test_greedy_is_hfs_with_its_processors(tiny, enc, case):
     kw = GREEDY[case]
     args = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=True, output_scores=True)
     hf, ours = model.generate(**enc, **args, **kw), pd.generate(model, **enc, **args, **kw)
-    plain = model.generate(**enc, max_new_tokens=12, do_sample=False,
-                           **{k: v for k, v in kw.items() if k == "eos_token_id"})
+    base = BASELINE.get(case, {k: v for k, v in kw.items() if k == "eos_token_id"})
+    plain = model.generate(**enc, max_new_tokens=12, do_sample=False, **base)
     assert not torch.equal(hf.sequences, plain), f"{case} must change HF's output, or it is not tested"
     assert torch.equal(ours.sequences, hf.sequences), (case, ours.sequences, hf.sequences)
     for t, (a, b) in enumerate(zip(ours.scores, hf.scores)):
@@ -126,34 +130,63 @@ def test_processors_with_rewards_and_steering(tiny, enc):
 
 
 class StopAfterToken(StoppingCriteria):
-    """A caller's criterion that also reads the scores HF passes it."""
+    """A caller's criterion that also records the scores HF passes it."""
 
     def __init__(self, token):
         self.token, self.scores_seen = token, []
 
     def __call__(self, input_ids, scores, **kwargs):
-        self.scores_seen.append(scores is not None and scores.shape == (input_ids.shape[0], 49152))
+        self.scores_seen.append(scores if scores is None else [s.clone() for s in scores])
         return input_ids[:, -1] == self.token
 
 
-def test_callers_stopping_criteria_and_max_time(tiny, enc):
+def _forwards(model, monkeypatch):
+    """Counts the model's forwards (prefill and steps)."""
+    calls, forward = [], model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_callers_stopping_criteria_as_hfs(tiny, enc, keep):
+    """A criterion stops its row where HF's does, sees what HF shows it (None, or the tuple of
+    scores so far when return_dict_in_generate and output_scores keep them), and the loop
+    stops once every row has: no more forwards than HF's."""
     model, _ = tiny
     plain = model.generate(**enc, max_new_tokens=12, do_sample=False)
     P = enc["input_ids"].shape[1]
-    token = int(plain[1, P + 3])  # row 1 says it at step 3: it stops there, row 0 runs on
+    token = int(plain[1, P + 9])  # row 1 says 3937 first at step 9: it stops there, row 0 runs on
+    args = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=keep, output_scores=keep)
     hf_crit, pd_crit = StopAfterToken(token), StopAfterToken(token)
-    hf = model.generate(**enc, max_new_tokens=12, do_sample=False, stopping_criteria=StoppingCriteriaList([hf_crit]))
-    ours = pd.generate(model, **enc, max_new_tokens=12, do_sample=False, stopping_criteria=[pd_crit])
-    assert not torch.equal(hf, plain), "the criterion must stop a row early, or it is not tested"
-    assert torch.equal(ours, hf), (ours, hf)
-    assert pd_crit.scores_seen and all(pd_crit.scores_seen)
+    hf = model.generate(**enc, **args, stopping_criteria=StoppingCriteriaList([hf_crit]))
+    ours = pd.generate(model, **enc, **args, stopping_criteria=[pd_crit])
+    hf_seqs, pd_seqs = (hf.sequences, ours.sequences) if keep else (hf, ours)
+    assert not torch.equal(hf_seqs, plain), "the criterion must stop a row early, or it is not tested"
+    assert torch.equal(pd_seqs, hf_seqs), (pd_seqs, hf_seqs)
+    assert len(pd_crit.scores_seen) == len(hf_crit.scores_seen)
+    for t, (a, b) in enumerate(zip(pd_crit.scores_seen, hf_crit.scores_seen)):
+        assert (a is None) == (b is None) == (not keep)
+        if keep:
+            assert len(a) == len(b) == t + 1
+            assert_verbose_allclose(a[-1], b[-1], atol=1e-5, rtol=1e-5, name=f"criterion's scores, step {t}")
+
+
+def test_max_time_and_a_callers_max_length(tiny, enc, monkeypatch):
+    model, _ = tiny
+    P = enc["input_ids"].shape[1]
+    calls = _forwards(model, monkeypatch)
     # max_time: HF checks it after each token; a budget of 0 s stops every row after the first
-    assert torch.equal(pd.generate(model, **enc, max_new_tokens=12, do_sample=False, max_time=0.0),
-                       model.generate(**enc, max_new_tokens=12, do_sample=False, max_time=0.0))
-    # a caller's MaxLengthCriteria, as HF merges it with its own length check
-    crit = StoppingCriteriaList([MaxLengthCriteria(max_length=P + 5)])
-    assert torch.equal(pd.generate(model, **enc, max_new_tokens=12, do_sample=False, stopping_criteria=crit),
-                       model.generate(**enc, max_new_tokens=12, do_sample=False, stopping_criteria=crit))
+    hf = model.generate(**enc, max_new_tokens=12, do_sample=False, max_time=0.0)
+    hf_calls = len(calls)
+    ours = pd.generate(model, **enc, max_new_tokens=12, do_sample=False, max_time=0.0)
+    assert hf.shape[1] == P + 1 and torch.equal(ours, hf)
+    assert len(calls) - hf_calls == hf_calls, "pd must stop its loop when HF does, not run on masked"
+    # a caller's MaxLengthCriteria replaces the length from the config in HF's merge: shorter or longer
+    for length in (P + 5, P + 16):
+        crit = StoppingCriteriaList([MaxLengthCriteria(max_length=length)])
+        hf = model.generate(**enc, max_new_tokens=12, do_sample=False, stopping_criteria=crit)
+        assert hf.shape[1] == length
+        assert torch.equal(pd.generate(model, **enc, max_new_tokens=12, do_sample=False, stopping_criteria=crit), hf)
 
 
 class Nothing(LogitsProcessor):
@@ -164,7 +197,7 @@ class Nothing(LogitsProcessor):
 
 def test_a_processor_that_leaves_no_token_is_reported(tiny, enc):
     model, _ = tiny
-    match = "after the logits processors had .* rows \\[0\\] .first at step 0"
+    match = "after the logits processors, had .* rows \\[0\\] .first at step 0"
     with pytest.raises(pd.NonFiniteLogitsError, match=match):
         pd.generate(model, **enc, max_new_tokens=4, logits_processor=[Nothing()])
 
@@ -189,6 +222,7 @@ def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
     assert torch.equal(ours.sequences, hf.sequences)
     for t, (a, b) in enumerate(zip(ours.scores, hf.scores)):
         assert_verbose_allclose(a, b, atol=1e-5, rtol=1e-5, name=f"scores, step {t}")
+    assert torch.isfinite(ours.policy_logprobs).all(), "the policy reads the repaired logits, as the step does"
 
 
 @pytest.mark.parametrize("kw, err, match", [
@@ -200,7 +234,16 @@ def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
     (dict(min_length=1.5), ValueError, "min_length must be an integer >= 0"),
     (dict(max_time=-1.0), ValueError, "max_time must be a finite number"),
     (dict(max_time=float("inf")), ValueError, "max_time must be a finite number"),
-    (dict(bad_words_ids=[[-3]]), ValueError, "bad_words_ids"),  # HF's own check, before the model runs
+    (dict(bad_words_ids=[[-3]]), ValueError, "bad_words_ids must be a list of non-empty lists of token ids"),
+    (dict(bad_words_ids=[[10**7]]), ValueError, r"bad_words_ids must be .* \(ids in \[0, 49152\)\)"),
+    (dict(begin_suppress_tokens=5), ValueError, "begin_suppress_tokens must be a non-empty list of token ids"),
+    (dict(suppress_tokens="abc"), ValueError, "suppress_tokens must be a non-empty list of token ids"),
+    (dict(forced_eos_token_id=10**7), ValueError, "forced_eos_token_id must be a token id or a list of them"),
+    (dict(forced_bos_token_id=True), ValueError, "forced_bos_token_id must be a token id"),
+    (dict(sequence_bias={(10**7,): 1.0}), ValueError, "sequence_bias keys must be non-empty sequences of token ids"),
+    (dict(exponential_decay_length_penalty=(2,)), ValueError, r"exponential_decay_length_penalty must be \(start"),
+    (dict(stopping_criteria=[MaxLengthCriteria(max_length=3)]), ValueError,
+     "MaxLengthCriteria.max_length=3. must be an integer above the prompt length 7"),
 ])
 def test_bad_processor_arguments_are_refused_before_the_model_runs(tiny, enc, monkeypatch, kw, err, match):
     model, _ = tiny
