@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import transformers
 
-from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, caller_max_length, check_call_args, check_fields, \
-    needs_processors
+from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, WARPER_FIELDS, caller_max_length, check_call_args, \
+    check_fields, check_warpers, processing_mode
 
 # HF generate() arguments this engine implements.
 SUPPORTED_ARGS = frozenset({
@@ -28,16 +28,14 @@ SUPPORTED_ARGS = frozenset({
     "pad_token_id", "bos_token_id", "num_return_sequences", "return_dict_in_generate",
     "output_scores", "streamer", "stop_strings", "tokenizer", "use_cache", "cache_implementation",
     "compile_config", "disable_compile", "max_time", "output_logits", "renormalize_logits",
-    *CALL_ARGS, *PROCESSOR_FIELDS,
+    *CALL_ARGS, *PROCESSOR_FIELDS, *WARPER_FIELDS,
 })
 
 # GenerationConfig fields whose non-default values select behaviour not implemented here.
 _INACTIVE_WHEN = {
     "num_beams": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None,),
-    "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0),
-    "top_h": (None,), "guidance_scale": (None, 1.0),
-    "output_attentions": (None, False), "output_hidden_states": (None, False),
-    "watermarking_config": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
+    "guidance_scale": (None, 1.0), "output_attentions": (None, False), "output_hidden_states": (None, False),
+    "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
     "encoder_repetition_penalty": (None, 1.0), "encoder_no_repeat_ngram_size": (None, 0),
     "diversity_penalty": (None, 0.0), "constraints": (None,), "force_words_ids": (None,),
     "token_healing": (None, False), "use_mtp": (None, False), "prefill_chunk_size": (None,),
@@ -101,7 +99,7 @@ class DecodeConfig:
     compile_config: Any = None  # the transformers CompileConfig to compile with; None: HF's default
     linear: str = "torch"  # the linear layers: torch (F.linear) | onednn (packed, CPU)
     max_time: float | None = None  # seconds from the start of the call, then every row stops (HF's)
-    hf_processors: bool = False  # HF's logits processors run before the step (hf_processing.py)
+    hf_processing: str | None = None  # HF's list runs before the step: "processors" | "warpers" (hf_processing.py)
     hf_config: Any = None  # the merged GenerationConfig they are built from, when they run
 
     @staticmethod
@@ -222,7 +220,8 @@ class DecodeConfig:
         if linear == "onednn" and do_compile:
             raise ValueError("linear='onednn' and compile do not combine (inductor cannot lower oneDNN's "
                              "packed weights); pass compile=False or linear='torch'")
-        processors = needs_processors(gc, kwargs, _is_inert)
+        check_warpers(gc)
+        processors = processing_mode(gc, kwargs, do_sample or steer != 0.0, _is_inert)
         if processors:
             check_fields(gc, model_vocab(model))
         return DecodeConfig(
@@ -237,7 +236,7 @@ class DecodeConfig:
             static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear,
             max_time=None if max_time is None else float(max_time),
-            hf_processors=processors, hf_config=gc if processors else None)
+            hf_processing=processors, hf_config=gc if processors else None)
 
     def row_seeds(self, batch: int) -> list[int]:
         """One Philox key per output row (prompt-major, as HF orders num_return_sequences)."""

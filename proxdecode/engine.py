@@ -256,6 +256,8 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     processors = logits_processors(model, cfg, ids, mask, generate_kwargs)  # None: the fused step alone
     if processors is not None:  # HF's list holds the penalty and min_new_tokens: the step must not repeat them
         cfg = dataclasses.replace(cfg, repetition_penalty=1.0, min_new_tokens=0)
+    if cfg.hf_processing == "warpers":  # ... and the warpers: the step only steers and draws
+        cfg = dataclasses.replace(cfg, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
     stop = stopping_criteria(model, cfg, generate_kwargs)  # None: EOS and the length alone
     repair = InfNanRemoveLogitsProcessor() if processors is not None and cfg.hf_config.remove_invalid_values else None
     run = rewards.start(vocab, B, device, generate_kwargs.get("tokenizer"), ids, mask, T, cfg.linear) \

@@ -12,7 +12,11 @@ builds them:
   repetition penalty and ``min_new_tokens`` among them), then the caller's. The fused step
   then does what HF runs after them (temperature, top-k, top-p, min-p), plus the steering
   and the draw; the engine turns the step's own penalty and EOS suppression off, so
-  nothing is applied twice.
+  nothing is applied twice (mode ``"processors"``).
+- A sampling call with a warper the step does not fuse (``typical_p``, ``epsilon_cutoff``,
+  ``eta_cutoff``, ``top_h``) or a watermark (HF's comes after the warpers) takes HF's whole
+  list, warpers included; the step then only steers inside the tokens left finite and
+  draws, its temperature and filters off (mode ``"warpers"``).
 - ``stopping_criteria`` holds ``stop_strings``, ``max_time`` and the caller's criteria, and
   the loop ANDs them into its rows' alive flags after each step, as HF does. EOS and the
   length the loop checks itself.
@@ -33,8 +37,10 @@ PROCESSOR_FIELDS = {
     "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "sequence_bias": (None,),
     "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
     "forced_eos_token_id": (None,), "min_length": (None, 0), "exponential_decay_length_penalty": (None,),
-    "remove_invalid_values": (None, False),
+    "remove_invalid_values": (None, False), "watermarking_config": (None,),
 }
+# GenerationConfig fields of HF's warpers that the fused step does not fuse, and their inert values
+WARPER_FIELDS = {"typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0), "top_h": (None,)}
 # generate's own parameters (not GenerationConfig fields) that this module serves
 CALL_ARGS = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn")
 
@@ -97,11 +103,35 @@ def check_fields(gc, vocab: int) -> None:
                          f"got {decay!r}")
 
 
-def needs_processors(gc, kwargs: dict, is_inert) -> bool:
-    """Whether HF's processors have to run: a processor field of ``gc`` is set, or the caller
-    gave processors or a ``prefix_allowed_tokens_fn``."""
-    fields = any(not is_inert(getattr(gc, f, None), inert) for f, inert in PROCESSOR_FIELDS.items())
-    return fields or bool(kwargs.get("logits_processor")) or kwargs.get("prefix_allowed_tokens_fn") is not None
+def check_warpers(gc) -> None:
+    """Refuse warper values HF would skip without a word (its list adds ``typical_p`` only
+    below 1, the cutoffs only inside (0, 1)), also in greedy calls, as top_p is refused."""
+    ranges = {"typical_p": (0.0, 1.0, "(0, 1]"), "epsilon_cutoff": (0.0, 1.0, "[0, 1)"),
+              "eta_cutoff": (0.0, 1.0, "[0, 1)"), "top_h": (0.0, 1.0, "(0, 1]")}
+    for name, (low, high, text) in ranges.items():
+        value = getattr(gc, name, None)
+        if value is None:
+            continue
+        closed_low, closed_high = text[0] == "[", text[-1] == "]"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and (value >= low if closed_low else value > low) and (value <= high if closed_high else value < high)
+        if not ok:
+            raise ValueError(f"{name} must be in {text}, got {value!r}")
+
+
+def processing_mode(gc, kwargs: dict, sampling: bool, is_inert) -> str | None:
+    """Which of HF's lists has to run: ``"warpers"`` (all of it) when a sampling call (or a
+    steered one: the warpers choose the candidates) sets a warper the step does not fuse or
+    a watermark; ``"processors"`` (without the warpers) when a processor field of ``gc`` is
+    set or the caller gave processors or a ``prefix_allowed_tokens_fn``; None otherwise. A
+    greedy call's warpers do nothing, as in HF."""
+    def active(fields):
+        return any(not is_inert(getattr(gc, f, None), inert) for f, inert in fields.items())
+
+    if sampling and (active(WARPER_FIELDS) or gc.watermarking_config is not None):
+        return "warpers"
+    callers = bool(kwargs.get("logits_processor")) or kwargs.get("prefix_allowed_tokens_fn") is not None
+    return "processors" if active(PROCESSOR_FIELDS) or callers else None
 
 
 def logits_processors(model, cfg, ids: torch.Tensor, mask: torch.Tensor, kwargs: dict):
@@ -118,10 +148,10 @@ def logits_processors(model, cfg, ids: torch.Tensor, mask: torch.Tensor, kwargs:
     Called once per call, before the prefill. Each step then calls the list on the ``[B, P+t]``
     sequences so far and a float32 copy of the ``[B, V]`` logits, as HF does.
     """
-    if not cfg.hf_processors:
+    if cfg.hf_processing is None:
         return None
     gc = copy.deepcopy(cfg.hf_config)
-    gc.do_sample = False  # HF then leaves the warpers out: the fused step applies them, after these
+    gc.do_sample = cfg.hf_processing == "warpers"  # False: HF leaves its warpers to the fused step
     gc.renormalize_logits = False  # the engine normalises the scores it returns, after the step
     # the lengths as HF's _prepare_generated_length sets them: forced_eos reads max_length, and
     # min_new_tokens replaces min_length

@@ -11,9 +11,11 @@ import shutil
 import pytest
 import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, MaxLengthCriteria, StoppingCriteria,
-                          StoppingCriteriaList)
-from transformers.generation.logits_process import (NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-                                                    TemperatureLogitsWarper, TopKLogitsWarper)
+                          StoppingCriteriaList, WatermarkingConfig)
+from transformers.generation.logits_process import (EpsilonLogitsWarper, EtaLogitsWarper, NoRepeatNGramLogitsProcessor,
+                                                    RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                    TopHLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+                                                    TypicalLogitsWarper, WatermarkLogitsProcessor)
 
 import proxdecode as pd
 from conftest import assert_verbose_allclose
@@ -54,6 +56,7 @@ GREEDY = {
     "exponential_decay_length_penalty": dict(exponential_decay_length_penalty=(2, 3.0), eos_token_id=500),
     "logits_processor": dict(logits_processor=LogitsProcessorList([BanEvenIdsAfter(10)])),
     "prefix_allowed_tokens_fn": dict(prefix_allowed_tokens_fn=_prefix_fn),
+    "watermarking_config": dict(watermarking_config=WatermarkingConfig(bias=5.0)),  # HF's, greedy too
     "penalty_ngram_min_new": dict(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=4,
                                   eos_token_id=3134),
 }
@@ -112,6 +115,62 @@ def test_processors_run_before_the_warpers_when_sampling(tiny, enc):
         row = [a for a, k in zip(row, keep) if k]
         pairs = list(zip(row, row[1:]))
         assert len(pairs) == len(set(pairs)), row
+
+
+# warpers the step does not fuse: HF's whole list runs, then the step only draws. Oracle: the
+# warpers built by hand in HF's order (temperature, top-h, top-k, top-p, then these; the watermark last)
+WARPERS = {
+    "typical_p": (dict(typical_p=0.9), lambda: [TypicalLogitsWarper(0.9)]),
+    "epsilon_cutoff": (dict(epsilon_cutoff=0.005), lambda: [EpsilonLogitsWarper(0.005)]),  # cut in top-200
+    "eta_cutoff": (dict(eta_cutoff=0.9), lambda: [EtaLogitsWarper(0.9)]),
+    "top_h": (dict(top_h=0.5), lambda: "top_h"),
+    "watermarking_config": (dict(watermarking_config=WatermarkingConfig(bias=2.0)),
+                            lambda: [WatermarkLogitsProcessor(49152, "cpu", bias=2.0)]),
+}
+
+
+@pytest.mark.parametrize("case", WARPERS)
+def test_sampling_with_warpers_the_step_does_not_fuse(tiny, enc, case):
+    model, _ = tiny
+    kw, extra = WARPERS[case]
+    out = pd.generate(model, **enc, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=200, top_p=0.95,
+                      seed=2, return_dict_in_generate=True, output_scores=True, **kw)
+    head = [TemperatureLogitsWarper(0.8), TopKLogitsWarper(200), TopPLogitsWarper(0.95)]
+    unfused = LogitsProcessorList(head)  # what the fused step alone would keep
+    warpers = extra()
+    if warpers == "top_h":  # top-h comes right after the temperature
+        head, warpers = [head[0], TopHLogitsWarper(top_h=0.5), *head[1:]], []
+    oracle = LogitsProcessorList(head + warpers)
+    logits, P = _logits(model, out, enc), enc["input_ids"].shape[1]
+    changed = False
+    for t, got in enumerate(out.scores):
+        ids, z = out.sequences[:, : P + t], logits[:, P + t - 1]
+        want = oracle(ids, z.clone())
+        assert_verbose_allclose(got, want, atol=1e-4, rtol=1e-4, name=f"{case} scores, step {t}")
+        changed |= not torch.equal(want, unfused(ids, z.clone()))
+    assert changed, f"{case} must change the scores, or it is not tested"
+    # greedy: HF's warpers do nothing (the watermark is a processor and stays)
+    if case != "watermarking_config":
+        greedy = dict(max_new_tokens=8, do_sample=False, **kw)
+        assert torch.equal(pd.generate(model, **enc, **greedy), model.generate(**enc, **greedy))
+
+
+def test_steering_inside_the_set_hfs_warpers_leave(tiny, enc):
+    """Steered, greedy or not: the warpers choose the candidates (as the fused ones do), the
+    steering reweights inside them. Every token is in HF's set; steering moves the choice."""
+    model, tok = tiny
+    rewards = pd.Rewards(tok, [pd.rewards.WordList(["the"], whole_words=False)])
+    P = enc["input_ids"].shape[1]
+    for do_sample in (True, False):
+        kw = dict(max_new_tokens=8, do_sample=do_sample, top_k=200, typical_p=0.5, seed=1, rewards=rewards)
+        out, free = pd.generate(model, **enc, **kw, steer=20.0), pd.generate(model, **enc, **kw, steer=0.0)
+        assert not torch.equal(out.tokens, free.tokens), "steering must move the choice, or it is not tested"
+        oracle = LogitsProcessorList([TopKLogitsWarper(200), TypicalLogitsWarper(0.5)])
+        logits = _logits(model, out, enc)
+        for t in range(8):
+            allowed = torch.isfinite(oracle(out.sequences[:, : P + t], logits[:, P + t - 1].clone()))  # [B, V]
+            picked = allowed.gather(1, out.tokens[:, t : t + 1])[:, 0]
+            assert (picked | ~out.mask[:, t]).all(), (do_sample, t)
 
 
 def test_processors_with_rewards_and_steering(tiny, enc):
@@ -241,6 +300,9 @@ def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
     (dict(forced_eos_token_id=10**7), ValueError, "forced_eos_token_id must be a token id or a list of them"),
     (dict(forced_bos_token_id=True), ValueError, "forced_bos_token_id must be a token id"),
     (dict(sequence_bias={(10**7,): 1.0}), ValueError, "sequence_bias keys must be non-empty sequences of token ids"),
+    (dict(typical_p=1.5), ValueError, r"typical_p must be in \(0, 1\]"),  # HF skips it silently
+    (dict(epsilon_cutoff=1.0, do_sample=False), ValueError, r"epsilon_cutoff must be in \[0, 1\)"),
+    (dict(eta_cutoff=-0.1), ValueError, r"eta_cutoff must be in \[0, 1\)"),
     (dict(exponential_decay_length_penalty=(2,)), ValueError, r"exponential_decay_length_penalty must be \(start"),
     (dict(stopping_criteria=[MaxLengthCriteria(max_length=3)]), ValueError,
      "MaxLengthCriteria.max_length=3. must be an integer above the prompt length 7"),
