@@ -34,7 +34,7 @@ SUPPORTED_ARGS = frozenset({
 # GenerationConfig fields whose non-default values select behaviour not implemented here.
 _INACTIVE_WHEN = {
     "num_beams": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None,),
-    "guidance_scale": (None, 1.0), "output_attentions": (None, False), "output_hidden_states": (None, False),
+    "output_attentions": (None, False), "output_hidden_states": (None, False),
     "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
     "encoder_repetition_penalty": (None, 1.0), "encoder_no_repeat_ngram_size": (None, 0),
     "diversity_penalty": (None, 0.0), "constraints": (None,), "force_words_ids": (None,),
@@ -44,7 +44,7 @@ _INACTIVE_WHEN = {
 # values (what HF's callers pass explicitly) and refused otherwise.
 _INERT_CALL_ARGS = {
     "synced_gpus": (None, False), "assistant_model": (None,), "assistant_tokenizer": (None,),
-    "negative_prompt_ids": (None,), "negative_prompt_attention_mask": (None,), "custom_generate": (None,),
+    "custom_generate": (None,),
 }
 # ``use_cache`` is accepted either way: the engine always decodes with the cache it owns, and
 # HF's outputs do not depend on it (trainers such as TRL set it False for gradient

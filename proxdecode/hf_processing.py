@@ -3,9 +3,9 @@
 Why: HF's ``generate`` is extended through a ``logits_processor`` list, ``stopping_criteria``
 and ``prefix_allowed_tokens_fn``, and a handful of generation-config fields turn into
 processors inside it (``no_repeat_ngram_size``, ``bad_words_ids``, ``sequence_bias``,
-``suppress_tokens``, ...). A drop-in has to take them all. Writing each again would be
-writing HF by hand, and a caller's processor is arbitrary Python anyway, so they run as HF
-builds them:
+``suppress_tokens``, ``guidance_scale`` with its own forward of the unconditional prompt,
+...). A drop-in has to take them all. Writing each again would be writing HF by hand, and a
+caller's processor is arbitrary Python anyway, so they run as HF builds them:
 
 - ``logits_processors`` asks the model for HF's list with sampling switched off, which is
   HF's processors *without* its warpers, in HF's order: the config's processors (the
@@ -29,6 +29,7 @@ of it never build it, and their steps are the fused ones alone.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
@@ -37,12 +38,13 @@ PROCESSOR_FIELDS = {
     "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "sequence_bias": (None,),
     "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
     "forced_eos_token_id": (None,), "min_length": (None, 0), "exponential_decay_length_penalty": (None,),
-    "remove_invalid_values": (None, False), "watermarking_config": (None,),
+    "remove_invalid_values": (None, False), "watermarking_config": (None,), "guidance_scale": (None, 1.0),
 }
 # GenerationConfig fields of HF's warpers that the fused step does not fuse, and their inert values
 WARPER_FIELDS = {"typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0), "top_h": (None,)}
 # generate's own parameters (not GenerationConfig fields) that this module serves
-CALL_ARGS = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn")
+CALL_ARGS = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "negative_prompt_ids",
+             "negative_prompt_attention_mask")
 
 
 def check_call_args(kwargs: dict) -> None:
@@ -58,6 +60,11 @@ def check_call_args(kwargs: dict) -> None:
         bad = [type(x).__name__ for x in value if not callable(x)]
         if bad:
             raise TypeError(f"{name} must hold callables (input_ids, scores) -> ..., got {', '.join(bad)}")
+    for name in ("negative_prompt_ids", "negative_prompt_attention_mask"):  # guidance_scale's unconditional prompt
+        value = kwargs.get(name)
+        if value is not None and not (isinstance(value, torch.Tensor) and value.ndim == 2
+                                      and not value.is_floating_point() and not value.is_complex()):
+            raise TypeError(f"{name} must be an integer tensor of shape [batch, length], got {value!r:.60}")
     fn = kwargs.get("prefix_allowed_tokens_fn")
     if fn is not None and not callable(fn):
         raise TypeError(f"prefix_allowed_tokens_fn must be callable (batch_id, input_ids) -> list of allowed ids, "
@@ -88,6 +95,10 @@ def check_fields(gc, vocab: int) -> None:
         value = getattr(gc, name, None)
         if value is not None and not ok(value):
             raise ValueError(f"{name} must be {what} (ids in [0, {vocab})), got {value!r}")
+    scale = gc.guidance_scale
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        raise ValueError(f"guidance_scale must be a finite number (1: no guidance), got {scale!r}")
     bias = gc.sequence_bias  # {(ids): bias} or [[ids, bias], ...]; HF checks the form, not the ids
     if bias is not None:
         seqs = list(bias) if isinstance(bias, dict) else [b[0] for b in bias if isinstance(b, (list, tuple)) and b]
@@ -163,7 +174,8 @@ def logits_processors(model, cfg, ids: torch.Tensor, mask: torch.Tensor, kwargs:
         generation_config=gc, input_ids_seq_length=ids.shape[1], encoder_input_ids=ids,
         prefix_allowed_tokens_fn=kwargs.get("prefix_allowed_tokens_fn"),
         logits_processor=list(kwargs.get("logits_processor") or ()), device=ids.device,
-        model_kwargs={"attention_mask": mask})
+        model_kwargs={"attention_mask": mask}, negative_prompt_ids=kwargs.get("negative_prompt_ids"),
+        negative_prompt_attention_mask=kwargs.get("negative_prompt_attention_mask"))
 
 
 def caller_max_length(kwargs: dict) -> int | None:

@@ -57,9 +57,20 @@ GREEDY = {
     "logits_processor": dict(logits_processor=LogitsProcessorList([BanEvenIdsAfter(10)])),
     "prefix_allowed_tokens_fn": dict(prefix_allowed_tokens_fn=_prefix_fn),
     "watermarking_config": dict(watermarking_config=WatermarkingConfig(bias=5.0)),  # HF's, greedy too
+    "guidance_scale": dict(guidance_scale=3.0),  # HF's processor runs the model on the unconditional prompt
     "penalty_ngram_min_new": dict(repetition_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=4,
                                   eos_token_id=3134),
 }
+
+def test_guidance_with_a_negative_prompt(tiny, enc):
+    model, tok = tiny
+    neg = tok(["I hate", "Terrible"], return_tensors="pt", padding=True)
+    kw = dict(max_new_tokens=8, do_sample=False, guidance_scale=3.0, negative_prompt_ids=neg["input_ids"],
+              negative_prompt_attention_mask=neg["attention_mask"])
+    hf = model.generate(**enc, **kw)
+    assert not torch.equal(hf, model.generate(**enc, max_new_tokens=8, do_sample=False, guidance_scale=3.0))
+    assert torch.equal(pd.generate(model, **enc, **kw), hf)
+
 
 # what a case must change HF's output against (default: plain greedy with the case's EOS)
 BASELINE = {"min_new_tokens_over_min_length": dict(min_length=17, eos_token_id=3937)}
@@ -300,6 +311,8 @@ def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
     (dict(forced_eos_token_id=10**7), ValueError, "forced_eos_token_id must be a token id or a list of them"),
     (dict(forced_bos_token_id=True), ValueError, "forced_bos_token_id must be a token id"),
     (dict(sequence_bias={(10**7,): 1.0}), ValueError, "sequence_bias keys must be non-empty sequences of token ids"),
+    (dict(guidance_scale=float("nan")), ValueError, "guidance_scale must be a finite number"),
+    (dict(negative_prompt_ids=[[1, 2]]), TypeError, "negative_prompt_ids must be an integer tensor"),
     (dict(typical_p=1.5), ValueError, r"typical_p must be in \(0, 1\]"),  # HF skips it silently
     (dict(epsilon_cutoff=1.0, do_sample=False), ValueError, r"epsilon_cutoff must be in \[0, 1\)"),
     (dict(eta_cutoff=-0.1), ValueError, r"eta_cutoff must be in \[0, 1\)"),
