@@ -19,7 +19,7 @@ import torch
 import transformers
 
 from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, WARPER_FIELDS, caller_max_length, check_call_args, \
-    check_fields, check_warpers, processing_mode
+    check_fields, check_negative_prompt, check_warpers, processing_mode
 
 # HF generate() arguments this engine implements.
 SUPPORTED_ARGS = frozenset({
@@ -101,6 +101,8 @@ class DecodeConfig:
     max_time: float | None = None  # seconds from the start of the call, then every row stops (HF's)
     hf_processing: str | None = None  # HF's list runs before the step: "processors" | "warpers" (hf_processing.py)
     hf_config: Any = None  # the merged GenerationConfig they are built from, when they run
+    hf_max_new_tokens: int = 0  # the config's length, which they read also where a caller's MaxLengthCriteria
+    # sets the loop's (forced_eos_token_id)
 
     @staticmethod
     def resolve(model, input_ids, attention_mask, *, steer, gamma, seed, rewards,
@@ -146,13 +148,13 @@ class DecodeConfig:
                 raise ValueError(f"max_length={max_length} must exceed the prompt length "
                                  f"{prompt_len}; or pass max_new_tokens")
             max_new = max_length - prompt_len
-        forced = caller_max_length(kwargs)
+        _check_int("max_new_tokens", max_new, 0)
+        forced, config_new = caller_max_length(kwargs), None
         if forced is not None:  # HF: the caller's MaxLengthCriteria replaces the length from the config
             if isinstance(forced, bool) or not isinstance(forced, int) or forced <= prompt_len:
                 raise ValueError(f"stopping_criteria: MaxLengthCriteria(max_length={forced!r}) must be an integer "
                                  f"above the prompt length {prompt_len}")
-            max_new = forced - prompt_len
-        _check_int("max_new_tokens", max_new, 0)
+            config_new, max_new = max_new, forced - prompt_len
         min_new = gc.min_new_tokens or 0
         _check_int("min_new_tokens", min_new, 0)
         do_sample = bool(gc.do_sample)
@@ -224,6 +226,7 @@ class DecodeConfig:
         processors = processing_mode(gc, kwargs, do_sample or steer != 0.0, _is_inert)
         if processors:
             check_fields(gc, model_vocab(model))
+        check_negative_prompt(kwargs, input_ids.shape[0] * n_ret, model_vocab(model))
         return DecodeConfig(
             max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
@@ -236,7 +239,8 @@ class DecodeConfig:
             static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear,
             max_time=None if max_time is None else float(max_time),
-            hf_processing=processors, hf_config=gc if processors else None)
+            hf_processing=processors, hf_config=gc if processors else None,
+            hf_max_new_tokens=int(max_new if config_new is None else config_new))
 
     def row_seeds(self, batch: int) -> list[int]:
         """One Philox key per output row (prompt-major, as HF orders num_return_sequences)."""

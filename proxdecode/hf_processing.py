@@ -13,10 +13,10 @@ caller's processor is arbitrary Python anyway, so they run as HF builds them:
   then does what HF runs after them (temperature, top-k, top-p, min-p), plus the steering
   and the draw; the engine turns the step's own penalty and EOS suppression off, so
   nothing is applied twice (mode ``"processors"``).
-- A sampling call with a warper the step does not fuse (``typical_p``, ``epsilon_cutoff``,
-  ``eta_cutoff``, ``top_h``) or a watermark (HF's comes after the warpers) takes HF's whole
-  list, warpers included; the step then only steers inside the tokens left finite and
-  draws, its temperature and filters off (mode ``"warpers"``).
+- A sampling or steered call with a warper the step does not fuse (``typical_p``,
+  ``epsilon_cutoff``, ``eta_cutoff``, ``top_h``) or a watermark (HF's comes after the
+  warpers) takes HF's whole list, warpers included; the step then only steers inside the
+  tokens left finite and draws, its temperature and filters off (mode ``"warpers"``).
 - ``stopping_criteria`` holds ``stop_strings``, ``max_time`` and the caller's criteria, and
   the loop ANDs them into its rows' alive flags after each step, as HF does. EOS and the
   length the loop checks itself.
@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
+import operator
 
 import torch
 
 # GenerationConfig fields that HF turns into logits processors, with their inert values
 PROCESSOR_FIELDS = {
     "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "sequence_bias": (None,),
-    "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
+    "suppress_tokens": (None, []), "begin_suppress_tokens": (None, []), "forced_bos_token_id": (None,),
     "forced_eos_token_id": (None,), "min_length": (None, 0), "exponential_decay_length_penalty": (None,),
     "remove_invalid_values": (None, False), "watermarking_config": (None,), "guidance_scale": (None, 1.0),
 }
@@ -71,29 +73,46 @@ def check_call_args(kwargs: dict) -> None:
                         f"got {type(fn).__name__}")
 
 
+def _ids(value) -> list | None:
+    """A token id or a (nested) list of them as Python ints: numpy and torch integers too, as
+    HF takes them; None where something is no integer."""
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # a tensor or an array
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        items = [_ids(v) for v in value]
+        return None if any(x is None for x in items) else items
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _is_id(x, vocab: int) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < vocab
+    return isinstance(x, int) and 0 <= x < vocab
 
 
 def _is_ids(x, vocab: int) -> bool:
-    return isinstance(x, (list, tuple)) and len(x) > 0 and all(_is_id(i, vocab) for i in x)
+    return isinstance(x, list) and len(x) > 0 and all(_is_id(i, vocab) for i in x)
 
 
 def check_fields(gc, vocab: int) -> None:
     """Refuse processor fields that HF would trip over only inside the loop (an id past the
     vocabulary indexes out of range there) or with a message that names nothing, before any
     model work."""
-    shapes = {  # field -> (check, what it must be)
-        "bad_words_ids": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-                          and all(_is_ids(w, vocab) for w in v), "a list of non-empty lists of token ids"),
-        "suppress_tokens": (lambda v: _is_ids(v, vocab), "a non-empty list of token ids"),
-        "begin_suppress_tokens": (lambda v: _is_ids(v, vocab), "a non-empty list of token ids"),
+    validators = {  # field -> (is it valid, as Python ints; what it must be)
+        "bad_words_ids": (lambda v: isinstance(v, list) and len(v) > 0 and all(_is_ids(w, vocab) for w in v),
+                          "a list of non-empty lists of token ids"),
+        "suppress_tokens": (lambda v: _is_ids(v, vocab), "a list of token ids"),
+        "begin_suppress_tokens": (lambda v: _is_ids(v, vocab), "a list of token ids"),
         "forced_bos_token_id": (lambda v: _is_id(v, vocab), "a token id"),
         "forced_eos_token_id": (lambda v: _is_id(v, vocab) or _is_ids(v, vocab), "a token id or a list of them"),
     }
-    for name, (ok, what) in shapes.items():
+    for name, (valid, what) in validators.items():
         value = getattr(gc, name, None)
-        if value is not None and not ok(value):
+        empty = isinstance(value, (list, tuple)) and not value  # [] suppresses nothing, as in HF
+        if value is not None and not empty and not valid(_ids(value)):
             raise ValueError(f"{name} must be {what} (ids in [0, {vocab})), got {value!r}")
     scale = gc.guidance_scale
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
@@ -102,31 +121,55 @@ def check_fields(gc, vocab: int) -> None:
     bias = gc.sequence_bias  # {(ids): bias} or [[ids, bias], ...]; HF checks the form, not the ids
     if bias is not None:
         seqs = list(bias) if isinstance(bias, dict) else [b[0] for b in bias if isinstance(b, (list, tuple)) and b]
-        bad = [q for q in seqs if not _is_ids(q, vocab)]
+        bad = [q for q in seqs if not _is_ids(_ids(q), vocab)]
         if bad:
             raise ValueError(f"sequence_bias keys must be non-empty sequences of token ids in [0, {vocab}), "
                              f"got {bad[0]!r}")
     decay = gc.exponential_decay_length_penalty
     if decay is not None and not (isinstance(decay, (tuple, list)) and len(decay) == 2
-                                  and isinstance(decay[0], int) and decay[0] >= 0
-                                  and isinstance(decay[1], (int, float)) and decay[1] > 0):
+                                  and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in decay)
+                                  and decay[0] >= 0 and decay[1] > 0):
         raise ValueError("exponential_decay_length_penalty must be (start_index >= 0, decay_factor > 0), "
                          f"got {decay!r}")
 
 
+def check_negative_prompt(kwargs: dict, rows: int, vocab: int) -> None:
+    """``guidance_scale``'s unconditional prompt: ``[rows, N]`` ids in the vocabulary (one row
+    per generated row, ``num_return_sequences`` counted), its mask of the same shape."""
+    ids, mask = kwargs.get("negative_prompt_ids"), kwargs.get("negative_prompt_attention_mask")
+    if ids is None:
+        if mask is not None:
+            raise ValueError("negative_prompt_attention_mask without negative_prompt_ids: pass both or neither")
+        return
+    if ids.shape[0] != rows:
+        raise ValueError(f"negative_prompt_ids must have one row per generated row ({rows}: the batch times "
+                         f"num_return_sequences), got shape {tuple(ids.shape)}")
+    if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
+        raise ValueError(f"negative_prompt_ids must be token ids in [0, {vocab})")
+    if mask is not None and mask.shape != ids.shape:
+        raise ValueError(f"negative_prompt_attention_mask must have the shape of negative_prompt_ids "
+                         f"{tuple(ids.shape)}, got {tuple(mask.shape)}")
+
+
+def _within(value, low: float, high: float, low_closed: bool, high_closed: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high)
+
+
 def check_warpers(gc) -> None:
     """Refuse warper values HF would skip without a word (its list adds ``typical_p`` only
-    below 1, the cutoffs only inside (0, 1)), also in greedy calls, as top_p is refused."""
-    ranges = {"typical_p": (0.0, 1.0, "(0, 1]"), "epsilon_cutoff": (0.0, 1.0, "[0, 1)"),
-              "eta_cutoff": (0.0, 1.0, "[0, 1)"), "top_h": (0.0, 1.0, "(0, 1]")}
-    for name, (low, high, text) in ranges.items():
+    below 1, the cutoffs only inside (0, 1); ``top_h`` it checks only when sampling), also
+    in greedy calls, as ``top_p`` is refused."""
+    ranges = {  # field -> (in range, the range as written)
+        "typical_p": (lambda v: _within(v, 0.0, 1.0, False, True), "(0, 1]"),
+        "epsilon_cutoff": (lambda v: _within(v, 0.0, 1.0, True, False), "[0, 1)"),
+        "eta_cutoff": (lambda v: _within(v, 0.0, 1.0, True, False), "[0, 1)"),
+        "top_h": (lambda v: _within(v, 0.0, 1.0, False, True), "(0, 1]"),
+    }
+    for name, (ok, text) in ranges.items():
         value = getattr(gc, name, None)
-        if value is None:
-            continue
-        closed_low, closed_high = text[0] == "[", text[-1] == "]"
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and (value >= low if closed_low else value > low) and (value <= high if closed_high else value < high)
-        if not ok:
+        if value is not None and not ok(value):
             raise ValueError(f"{name} must be in {text}, got {value!r}")
 
 
@@ -146,7 +189,8 @@ def processing_mode(gc, kwargs: dict, sampling: bool, is_inert) -> str | None:
 
 
 def logits_processors(model, cfg, ids: torch.Tensor, mask: torch.Tensor, kwargs: dict):
-    """HF's ``LogitsProcessorList`` for this call, without its warpers; None when not needed.
+    """HF's ``LogitsProcessorList`` for this call: without its warpers (mode ``"processors"``)
+    or all of it (mode ``"warpers"``); None when not needed.
 
     Args:
         model: the HF model (its ``_get_logits_processor`` builds the list).
@@ -166,7 +210,7 @@ def logits_processors(model, cfg, ids: torch.Tensor, mask: torch.Tensor, kwargs:
     gc.renormalize_logits = False  # the engine normalises the scores it returns, after the step
     # the lengths as HF's _prepare_generated_length sets them: forced_eos reads max_length, and
     # min_new_tokens replaces min_length
-    gc.max_length = ids.shape[1] + cfg.max_new_tokens
+    gc.max_length = ids.shape[1] + cfg.hf_max_new_tokens  # the config's, also under a caller's MaxLengthCriteria
     if gc.min_new_tokens is not None:
         gc.min_length = ids.shape[1] + gc.min_new_tokens
     model._prepare_special_tokens(gc, True, device=ids.device)  # the EOS tensor bad_words / min_length read

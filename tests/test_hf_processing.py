@@ -8,6 +8,7 @@ changed the output, so a silently ignored one fails."""
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, MaxLengthCriteria, StoppingCriteria,
@@ -62,6 +63,35 @@ GREEDY = {
                                   eos_token_id=3134),
 }
 
+def test_forced_eos_reads_the_configs_length_under_a_callers_max_length(tiny, enc):
+    """HF's ForcedEOS forces EOS one token before the config's length, even where a caller's
+    MaxLengthCriteria sets another: shorter (never forced) or longer (forced, then on)."""
+    model, _ = tiny
+    P = enc["input_ids"].shape[1]
+    for length in (P + 5, P + 16):
+        kw = dict(max_new_tokens=12, do_sample=False, forced_eos_token_id=7,
+                  stopping_criteria=StoppingCriteriaList([MaxLengthCriteria(max_length=length)]))
+        hf = model.generate(**enc, **kw)
+        assert torch.equal(pd.generate(model, **enc, **kw), hf), length
+
+
+def test_ids_as_hf_takes_them(tiny, enc):
+    """numpy and torch integers, and the empty suppress lists HF reads as "nothing" (a model
+    config may carry one: it must not make every call fail)."""
+    model, _ = tiny
+    for kw in (dict(bad_words_ids=[[np.int64(3134)]]), dict(forced_eos_token_id=torch.tensor(7)),
+               dict(suppress_tokens=torch.tensor([3134])), dict(suppress_tokens=[], begin_suppress_tokens=[]),
+               dict(exponential_decay_length_penalty=(2.0, 3.0), eos_token_id=500)):
+        args = dict(max_new_tokens=12, do_sample=False, **kw)
+        assert torch.equal(pd.generate(model, **enc, **args), model.generate(**enc, **args)), kw
+    gc = model.generation_config
+    try:
+        gc.suppress_tokens = []
+        assert torch.equal(pd.generate(model, **enc, max_new_tokens=4), model.generate(**enc, max_new_tokens=4))
+    finally:
+        gc.suppress_tokens = None
+
+
 def test_guidance_with_a_negative_prompt(tiny, enc):
     model, tok = tiny
     neg = tok(["I hate", "Terrible"], return_tensors="pt", padding=True)
@@ -104,22 +134,23 @@ def test_greedy_is_hfs_with_its_processors(tiny, enc, case):
 
 def test_processors_run_before_the_warpers_when_sampling(tiny, enc):
     """Sampling draws differ from HF's, so the oracle is HF's processors applied by hand, in
-    HF's order, to the model's logits of pd's own rows: repetition penalty, no-repeat n-gram,
-    the caller's processor, then temperature and top-k. pd's scores must be exactly those."""
+    HF's order, to the model's logits of pd's own rows (``output_logits``, HF's in
+    ``test_hf_compat``; logits recomputed by another forward could differ in the last bit
+    and flip a token at a cutoff): repetition penalty, no-repeat n-gram, the caller's
+    processor, then temperature and top-k. pd's scores must be exactly those."""
     model, _ = tiny
     ids, mask = enc["input_ids"], enc["attention_mask"]
     kw = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, temperature=0.7, top_k=20,
               logits_processor=LogitsProcessorList([BanEvenIdsAfter(9)]))
     out = pd.generate(model, **enc, max_new_tokens=10, do_sample=True, seed=3, return_dict_in_generate=True,
-                      output_scores=True, **kw)
+                      output_scores=True, output_logits=True, **kw)
     padding = (mask == 0).sum(1)  # [B] left padding, which the installed HF's penalty skips
     oracle = LogitsProcessorList([
         RepetitionPenaltyLogitsProcessor(1.3, prompt_ignore_length=padding), NoRepeatNGramLogitsProcessor(2),
         BanEvenIdsAfter(9), TemperatureLogitsWarper(0.7), TopKLogitsWarper(20)])
-    logits = _logits(model, out, enc)  # [B, P+T, V]
     P = ids.shape[1]
     for t, got in enumerate(out.scores):
-        want = oracle(out.sequences[:, : P + t], logits[:, P + t - 1].clone())
+        want = oracle(out.sequences[:, : P + t], out.logits[t].clone())
         assert_verbose_allclose(got, want, atol=1e-4, rtol=1e-4, name=f"scores, step {t}")
     seqs = out.sequences[:, P:].tolist()
     for row, keep in zip(seqs, out.mask.tolist()):  # no 2-gram twice (prompt included), a plain loop
@@ -145,17 +176,17 @@ def test_sampling_with_warpers_the_step_does_not_fuse(tiny, enc, case):
     model, _ = tiny
     kw, extra = WARPERS[case]
     out = pd.generate(model, **enc, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=200, top_p=0.95,
-                      seed=2, return_dict_in_generate=True, output_scores=True, **kw)
+                      seed=2, return_dict_in_generate=True, output_scores=True, output_logits=True, **kw)
     head = [TemperatureLogitsWarper(0.8), TopKLogitsWarper(200), TopPLogitsWarper(0.95)]
     unfused = LogitsProcessorList(head)  # what the fused step alone would keep
     warpers = extra()
     if warpers == "top_h":  # top-h comes right after the temperature
         head, warpers = [head[0], TopHLogitsWarper(top_h=0.5), *head[1:]], []
     oracle = LogitsProcessorList(head + warpers)
-    logits, P = _logits(model, out, enc), enc["input_ids"].shape[1]
+    P = enc["input_ids"].shape[1]
     changed = False
-    for t, got in enumerate(out.scores):
-        ids, z = out.sequences[:, : P + t], logits[:, P + t - 1]
+    for t, got in enumerate(out.scores):  # on pd's own logits, as in the test above
+        ids, z = out.sequences[:, : P + t], out.logits[t]
         want = oracle(ids, z.clone())
         assert_verbose_allclose(got, want, atol=1e-4, rtol=1e-4, name=f"{case} scores, step {t}")
         changed |= not torch.equal(want, unfused(ids, z.clone()))
@@ -173,13 +204,13 @@ def test_steering_inside_the_set_hfs_warpers_leave(tiny, enc):
     rewards = pd.Rewards(tok, [pd.rewards.WordList(["the"], whole_words=False)])
     P = enc["input_ids"].shape[1]
     for do_sample in (True, False):
-        kw = dict(max_new_tokens=8, do_sample=do_sample, top_k=200, typical_p=0.5, seed=1, rewards=rewards)
+        kw = dict(max_new_tokens=8, do_sample=do_sample, top_k=200, typical_p=0.5, seed=1, rewards=rewards,
+                  output_logits=True)
         out, free = pd.generate(model, **enc, **kw, steer=20.0), pd.generate(model, **enc, **kw, steer=0.0)
         assert not torch.equal(out.tokens, free.tokens), "steering must move the choice, or it is not tested"
         oracle = LogitsProcessorList([TopKLogitsWarper(200), TypicalLogitsWarper(0.5)])
-        logits = _logits(model, out, enc)
         for t in range(8):
-            allowed = torch.isfinite(oracle(out.sequences[:, : P + t], logits[:, P + t - 1].clone()))  # [B, V]
+            allowed = torch.isfinite(oracle(out.sequences[:, : P + t], out.logits[t].clone()))  # [B, V]
             picked = allowed.gather(1, out.tokens[:, t : t + 1])[:, 0]
             assert (picked | ~out.mask[:, t]).all(), (do_sample, t)
 
@@ -306,13 +337,22 @@ def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
     (dict(max_time=float("inf")), ValueError, "max_time must be a finite number"),
     (dict(bad_words_ids=[[-3]]), ValueError, "bad_words_ids must be a list of non-empty lists of token ids"),
     (dict(bad_words_ids=[[10**7]]), ValueError, r"bad_words_ids must be .* \(ids in \[0, 49152\)\)"),
-    (dict(begin_suppress_tokens=5), ValueError, "begin_suppress_tokens must be a non-empty list of token ids"),
-    (dict(suppress_tokens="abc"), ValueError, "suppress_tokens must be a non-empty list of token ids"),
+    (dict(begin_suppress_tokens=5), ValueError, "begin_suppress_tokens must be a list of token ids"),
+    (dict(suppress_tokens="abc"), ValueError, "suppress_tokens must be a list of token ids"),
     (dict(forced_eos_token_id=10**7), ValueError, "forced_eos_token_id must be a token id or a list of them"),
     (dict(forced_bos_token_id=True), ValueError, "forced_bos_token_id must be a token id"),
     (dict(sequence_bias={(10**7,): 1.0}), ValueError, "sequence_bias keys must be non-empty sequences of token ids"),
     (dict(guidance_scale=float("nan")), ValueError, "guidance_scale must be a finite number"),
     (dict(negative_prompt_ids=[[1, 2]]), TypeError, "negative_prompt_ids must be an integer tensor"),
+    (dict(guidance_scale=2.0, negative_prompt_ids=torch.ones(1, 3, dtype=torch.long)), ValueError,
+     r"negative_prompt_ids must have one row per generated row \(2"),
+    (dict(guidance_scale=2.0, negative_prompt_ids=torch.full((2, 3), 10**7)), ValueError,
+     r"negative_prompt_ids must be token ids in \[0, 49152\)"),
+    (dict(guidance_scale=2.0, negative_prompt_ids=torch.ones(2, 3, dtype=torch.long),
+          negative_prompt_attention_mask=torch.ones(2, 4, dtype=torch.long)), ValueError,
+     "negative_prompt_attention_mask must have the shape of negative_prompt_ids"),
+    (dict(negative_prompt_attention_mask=torch.ones(2, 4, dtype=torch.long)), ValueError,
+     "negative_prompt_attention_mask without negative_prompt_ids"),
     (dict(typical_p=1.5), ValueError, r"typical_p must be in \(0, 1\]"),  # HF skips it silently
     (dict(epsilon_cutoff=1.0, do_sample=False), ValueError, r"epsilon_cutoff must be in \[0, 1\)"),
     (dict(eta_cutoff=-0.1), ValueError, r"eta_cutoff must be in \[0, 1\)"),
