@@ -31,12 +31,13 @@ def _inputs(tok, batch: int, device):
     return tok(prompts, return_tensors="pt", padding=True).to(device)
 
 
-def _call(impl: str, model, enc, new_tokens: int, seed: int, engine: dict | None = None):
+def _call(impl: str, model, enc, new_tokens: int, seed: int, engine: dict | None = None,
+          settings: dict = SETTINGS):
     """One generate call; ``engine``: pd.generate's own options (backend, linear, compile,
-    cache_implementation)."""
+    cache_implementation); ``settings``: the generate arguments both sides get."""
     import proxdecode as pd
 
-    kw = dict(SETTINGS, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    kw = dict(settings, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     if impl == "hf":
         torch.manual_seed(seed)
         return model.generate(**enc, **kw)
@@ -68,7 +69,8 @@ def _alternating(calls: dict, runs: int, device, engine: dict | None = None) -> 
     return times
 
 
-def time_generate(model, tok, batch: int, new_tokens: int, runs: int, engine: dict | None = None) -> dict:
+def time_generate(model, tok, batch: int, new_tokens: int, runs: int, engine: dict | None = None,
+                  settings: dict = SETTINGS) -> dict:
     """Median seconds of HF and pd over ``runs`` alternating runs."""
     device = next(model.parameters()).device
     enc = _inputs(tok, batch, device)
@@ -76,7 +78,7 @@ def time_generate(model, tok, batch: int, new_tokens: int, runs: int, engine: di
 
     def call(impl):
         def run_once(n, seed):
-            out = _call(impl, model, enc, n or new_tokens, seed, engine)
+            out = _call(impl, model, enc, n or new_tokens, seed, engine, settings)
             assert out.shape[1] == P + (n or new_tokens)
         return run_once
 
@@ -104,32 +106,32 @@ def time_cache_ab(model, tok, batch: int, new_tokens: int, runs: int, engine: di
 
 
 def peak_memory_mib(impl: str, batch: int, new_tokens: int, dtype: str, device: str,
-                    engine: dict | None = None) -> float:
+                    engine: dict | None = None, settings: dict = SETTINGS) -> float:
     """Peak memory of one ``impl`` call in a fresh process (RSS high-water mark on Linux CPUs).
 
     Both sides first make one 2-token call, so lazy imports and one-time loads (HF's
     generation modules, the C++ step's shared library) are not counted as the call's
     working memory; then the high-water mark is reset and the measured call runs."""
     code = ("import sys; from proxdecode.bench import _probe; "
-            f"_probe({impl!r}, {batch}, {new_tokens}, {dtype!r}, {device!r}, {engine!r})")
+            f"_probe({impl!r}, {batch}, {new_tokens}, {dtype!r}, {device!r}, {engine!r}, {settings!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _probe(impl, batch, new_tokens, dtype, device, engine=None):
+def _probe(impl, batch, new_tokens, dtype, device, engine=None, settings=SETTINGS):
     import proxdecode as pd
 
     model, tok = pd.load_model(dtype=dtype, device=device)
     enc = _inputs(tok, batch, model.device)
-    _call(impl, model, enc, 2, 0, engine)  # warm-up: imports, extension load, weight packing
+    _call(impl, model, enc, 2, 0, engine, settings)  # warm-up: imports, extension load, weight packing
     if model.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        _call(impl, model, enc, new_tokens, 0, engine)
+        _call(impl, model, enc, new_tokens, 0, engine, settings)
         print(torch.cuda.max_memory_allocated() / 2**20)
     else:  # reset the RSS high-water mark after loading, so the peak is the call's own
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        _call(impl, model, enc, new_tokens, 0, engine)
+        _call(impl, model, enc, new_tokens, 0, engine, settings)
         with open("/proc/self/status") as f:
             hwm = next(line for line in f if line.startswith("VmHWM:"))
         print(int(hwm.split()[1]) / 1024)
@@ -137,20 +139,21 @@ def _probe(impl, batch, new_tokens, dtype, device, engine=None):
 
 def run(batches=(1, 8, 32), new_tokens: int = 64, runs: int = 3, dtype: str = "float32",
         device: str = "cpu", memory: bool = True, out_path: str | None = None,
-        engine: dict | None = None) -> dict:
-    """Time both implementations at each batch size; return (and optionally write) results."""
+        engine: dict | None = None, settings: dict = SETTINGS) -> dict:
+    """Time both implementations at each batch size; return (and optionally write) results.
+    ``settings``: the generate arguments both sides get (``SETTINGS``, or more of HF's)."""
     import proxdecode as pd
 
     model, tok = pd.load_model(dtype=dtype, device=device)
     rows = []
     for b in batches:
-        row = time_generate(model, tok, b, new_tokens, runs, engine)
+        row = time_generate(model, tok, b, new_tokens, runs, engine, settings)
         if memory:
-            row["hf_peak_mib"] = peak_memory_mib("hf", b, new_tokens, dtype, device)
-            row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device, engine)
+            row["hf_peak_mib"] = peak_memory_mib("hf", b, new_tokens, dtype, device, None, settings)
+            row["pd_peak_mib"] = peak_memory_mib("pd", b, new_tokens, dtype, device, engine, settings)
         rows.append(row)
     result = {"model": pd.models.DEFAULT_MODEL, "dtype": dtype, "device": device, "pd_engine": engine or {},
-              "pd_kv_cache": _kv_cache(model, tok, new_tokens, engine), "settings": SETTINGS, "rows": rows,
+              "pd_kv_cache": _kv_cache(model, tok, new_tokens, engine), "settings": settings, "rows": rows,
               **_machine()}
     if out_path:
         with open(out_path, "w") as f:

@@ -136,6 +136,9 @@ def cmd_bench(args):
     if (args.rewards or args.steering) and (device.type != "cpu" or args.dtype != "float32"):
         raise ValueError("--rewards and --steering run the default model in float32 on the CPU "
                          "(benchmarks/gpu.sh measures the rewards on a GPU); drop --device and --dtype")
+    if args.no_repeat_ngram_size and (args.rewards or args.steering or args.cache_ab):
+        raise ValueError("--no-repeat-ngram-size times pd against HF with it; --rewards, --steering and "
+                         "--cache-ab do not take it")
     if args.rewards or args.steering:
         return _bench_rewards(args)
     if args.cache_ab:
@@ -152,13 +155,16 @@ def cmd_bench(args):
         print(json.dumps(rows))
         return
     engine = dict(_engine(args), cache_implementation=args.cache)
+    settings = dict(bench.SETTINGS)
+    if args.no_repeat_ngram_size:  # HF's processor on both sides: pd runs it through hf_processing
+        settings["no_repeat_ngram_size"] = args.no_repeat_ngram_size
     res = bench.run(tuple(args.batch), args.new_tokens, args.runs, args.dtype, args.device,
-                    memory=not args.no_memory, out_path=args.out, engine=engine)
+                    memory=not args.no_memory, out_path=args.out, engine=engine, settings=settings)
     compile_ = {None: "as HF decides", True: "on", False: "off"}[args.compile]
     table = Table(title=f"pd.generate (step {args.backend}, linear {args.linear}, compile {compile_}) "
                         "vs model.generate, "
                         f"{res['model']} {args.dtype}, "
-                        f"{args.new_tokens} new tokens, {bench.SETTINGS}")
+                        f"{args.new_tokens} new tokens, {settings}")
     memory = () if args.no_memory else ("HF peak MiB", "pd peak MiB")
     for c in ("batch", "HF tok/s", "pd tok/s", "speedup", *memory):
         table.add_column(c, justify="right")
@@ -320,6 +326,9 @@ def main(argv=None):
     b.add_argument("--cache-ab", action="store_true",
                    help="instead: pd.generate with the static vs the dynamic cache, alternating")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    b.add_argument("--no-repeat-ngram-size", type=at_least(0), default=0,
+                   help="both sides also run HF's no-repeat-n-gram processor (pd's slow path: HF's own "
+                        "processors between the forward and the fused step); 0: off")
     b.add_argument("--rewards", action="store_true",
                    help="instead: the full reward stack vs no rewards vs the seed-style baseline (first --batch)")
     b.add_argument("--steering", action="store_true", help="instead: what steering does to the text")

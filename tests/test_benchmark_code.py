@@ -82,3 +82,19 @@ def test_bench_records_the_kv_cache_generate_takes(tiny, monkeypatch):
     for engine in ({}, {"cache_implementation": "static"}, {"cache_implementation": "dynamic", "backend": "torch"}):
         pd.generate(model, **enc, max_new_tokens=2, **engine)
         assert bench._kv_cache(model, tok, 2, engine) == ("static" if made.pop() else "dynamic"), engine
+
+
+def test_bench_settings_reach_both_sides(tiny):
+    """``proxdecode bench --no-repeat-ngram-size``: both contenders run with the setting (no
+    row repeats a bigram, prompt included; the tiny model repeats itself without it)."""
+    from proxdecode import bench
+
+    model, tok = tiny
+    enc = bench._inputs(tok, 3, model.device)
+    with_ngram = dict(bench.SETTINGS, no_repeat_ngram_size=2, do_sample=False)
+    plain = bench._call("pd", model, enc, 12, 0, None, dict(bench.SETTINGS, do_sample=False))
+    assert any(len(set(zip(r, r[1:]))) < len(r) - 1 for r in plain.tolist()), "the check must be able to fail"
+    for impl in ("hf", "pd"):
+        for row in bench._call(impl, model, enc, 12, 0, None, with_ngram).tolist():
+            pairs = [p for p in zip(row, row[1:]) if tok.pad_token_id not in p]
+            assert len(pairs) == len(set(pairs)), (impl, row)

@@ -109,6 +109,7 @@ def test_sampling_flags_are_hfs_arguments(real, capsys, monkeypatch):
     (["rate", "--top-p", "1.5"], r"--top-p: must be a finite number in \(0, 1\]"),
     (["rate", "--top-k", "-1"], "--top-k: must be an integer >= 0"),
     (["bench", "--batch", "0"], "--batch: must be an integer >= 1"),
+    (["bench", "--rewards", "--no-repeat-ngram-size", "3"], "--rewards, --steering and --cache-ab do not take it"),
     (["bench", "--runs", "0"], "--runs: must be an integer >= 1"),
     (["train", "x", "--reward", "sentiment", "--group-size", "0"], "--group-size: must be an integer >= 1"),
     (["train", "x"], "at least one --reward"),
