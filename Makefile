@@ -28,6 +28,7 @@ bench: setup
 	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --dtype bfloat16 --out benchmarks/results/e2e-cpu-bf16.json
 	$(VENV)/bin/proxdecode bench --batch 1 8 32 --runs 3 --linear onednn --out benchmarks/results/e2e-cpu-fp32-onednn.json
 	$(VENV)/bin/proxdecode bench --cache-ab --batch 8 32 --runs 5 --out benchmarks/results/cache-ab-cpu-fp32.json
+	$(VENV)/bin/proxdecode bench --batch 8 32 --runs 3 --no-repeat-ngram-size 3 --out benchmarks/results/e2e-cpu-fp32-ngram.json
 
 bench-step: setup
 	$(PY) -m pytest benchmarks/bench_step.py --benchmark-only --benchmark-columns=median,iqr,ops \
