@@ -226,7 +226,7 @@ class DecodeConfig:
         processors = processing_mode(gc, kwargs, do_sample or steer != 0.0, _is_inert)
         if processors:
             check_fields(gc, model_vocab(model))
-        check_negative_prompt(kwargs, input_ids.shape[0] * n_ret, model_vocab(model))
+        check_negative_prompt(kwargs, gc.guidance_scale, input_ids.shape[0] * n_ret, model_vocab(model))
         return DecodeConfig(
             max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),

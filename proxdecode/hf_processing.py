@@ -133,14 +133,18 @@ def check_fields(gc, vocab: int) -> None:
                          f"got {decay!r}")
 
 
-def check_negative_prompt(kwargs: dict, rows: int, vocab: int) -> None:
+def check_negative_prompt(kwargs: dict, guidance_scale, rows: int, vocab: int) -> None:
     """``guidance_scale``'s unconditional prompt: ``[rows, N]`` ids in the vocabulary (one row
-    per generated row, ``num_return_sequences`` counted), its mask of the same shape."""
+    per generated row, ``num_return_sequences`` counted), its mask of the same shape; and a
+    guidance scale to read it (HF ignores it without one)."""
     ids, mask = kwargs.get("negative_prompt_ids"), kwargs.get("negative_prompt_attention_mask")
     if ids is None:
         if mask is not None:
             raise ValueError("negative_prompt_attention_mask without negative_prompt_ids: pass both or neither")
         return
+    if guidance_scale is None or guidance_scale == 1:
+        raise ValueError(f"negative_prompt_ids is read only with guidance_scale != 1, got guidance_scale="
+                         f"{guidance_scale!r}")
     if ids.shape[0] != rows:
         raise ValueError(f"negative_prompt_ids must have one row per generated row ({rows}: the batch times "
                          f"num_return_sequences), got shape {tuple(ids.shape)}")

@@ -353,6 +353,8 @@ def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
      "negative_prompt_attention_mask must have the shape of negative_prompt_ids"),
     (dict(negative_prompt_attention_mask=torch.ones(2, 4, dtype=torch.long)), ValueError,
      "negative_prompt_attention_mask without negative_prompt_ids"),
+    (dict(negative_prompt_ids=torch.ones(2, 3, dtype=torch.long)), ValueError,
+     "negative_prompt_ids is read only with guidance_scale != 1"),
     (dict(typical_p=1.5), ValueError, r"typical_p must be in \(0, 1\]"),  # HF skips it silently
     (dict(epsilon_cutoff=1.0, do_sample=False), ValueError, r"epsilon_cutoff must be in \[0, 1\)"),
     (dict(eta_cutoff=-0.1), ValueError, r"eta_cutoff must be in \[0, 1\)"),
