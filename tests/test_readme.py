@@ -28,7 +28,7 @@ def test_usage_python_blocks_run_and_say_true(real, monkeypatch):
 
     monkeypatch.setattr(pd, "load_model", lambda *a, **k: real)  # the session's copy, loaded once
     blocks = _blocks("python")
-    assert len(blocks) == 3, "the Usage section's Python blocks changed: update this test"
+    assert len(blocks) == 4, "the Usage section's Python blocks changed: update this test"
     ns: dict = {}
     after = []  # the namespace after each block (later blocks reuse names: out, rewards)
     for i, code in enumerate(blocks):
@@ -58,6 +58,21 @@ def test_usage_python_blocks_run_and_say_true(real, monkeypatch):
     P = out.sequences.shape[1] - out.tokens.shape[1]
     for row, total in zip(out.sequences, out.rewards.sum(1)):
         text = tok.decode(row[P:], skip_special_tokens=True)
+        assert total.item() == pytest.approx(TextBlob(text).sentiment.polarity, abs=1e-5), text
+    # block 4: the caller's processor and HF's no-repeat rule hold under steering: no token with
+    # a digit (the same call without the processor says some), no 3-gram twice in a row
+    # (prompt included), and the Sentiment rewards still TextBlob's
+    out, digits, dated = after[3]["out"], set(after[3]["NoDigits"](tok).ids), after[3]["dated"]
+    assert len(digits) >= 10 and not digits & set(out.tokens[out.mask].tolist())
+    free = pd.generate(ns["model"], **dated, max_new_tokens=32, do_sample=True, seed=0, rewards=after[3]["rewards"],
+                       steer=2.0, no_repeat_ngram_size=3)
+    assert digits & set(free.tokens[free.mask].tolist()), "without NoDigits the call must say a digit"
+    rows = zip(out.sequences.tolist(), out.mask.tolist(), dated["attention_mask"].tolist(), out.rewards.sum(1))
+    for row, mask, prompt, total in rows:
+        ids = [t for t, m in zip(row, prompt + mask) if m]
+        grams = list(zip(ids, ids[1:], ids[2:]))
+        assert len(grams) == len(set(grams)), tok.decode(ids)
+        text = tok.decode(ids[sum(prompt):], skip_special_tokens=True)
         assert total.item() == pytest.approx(TextBlob(text).sentiment.polarity, abs=1e-5), text
 
 
