@@ -52,8 +52,8 @@ def number(low=None, high=None, low_open=False):
         too_low = low is not None and (value <= low if low_open else value < low)
         if not math.isfinite(value) or too_low or (high is not None and value > high):
             where = "" if low is None and high is None else (
-                f" in {'(' if low_open else '['}{'-inf' if low is None else f'{low:g}'}, "
-                f"{'inf' if high is None else f'{high:g}'}]")
+                f" in {'(' if low_open or low is None else '['}{'-inf' if low is None else f'{low:g}'}, "
+                f"{'inf)' if high is None else f'{high:g}]'}")
             raise argparse.ArgumentTypeError(f"must be a finite number{where}, got {text}")
         return value
     return parse

@@ -137,8 +137,8 @@ def cmd_bench(args):
         raise ValueError("--rewards and --steering run the default model in float32 on the CPU "
                          "(benchmarks/gpu.sh measures the rewards on a GPU); drop --device and --dtype")
     if args.no_repeat_ngram_size and (args.rewards or args.steering or args.cache_ab):
-        raise ValueError("--no-repeat-ngram-size times pd against HF with it; --rewards, --steering and "
-                         "--cache-ab do not take it")
+        raise ValueError("--no-repeat-ngram-size applies to the end-to-end timing only; drop it with --rewards, "
+                         "--steering or --cache-ab")
     if args.rewards or args.steering:
         return _bench_rewards(args)
     if args.cache_ab:

@@ -13,13 +13,16 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
 
-from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, WARPER_FIELDS, caller_max_length, check_call_args, \
-    check_fields, check_negative_prompt, check_warpers, processing_mode
+from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, WARPER_FIELDS, Mode, caller_max_length, check_call_args, \
+    check_fields, check_negative_prompt, check_warpers, prepare_lengths, processing_mode
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
 
 # HF generate() arguments this engine implements.
 SUPPORTED_ARGS = frozenset({
@@ -99,10 +102,11 @@ class DecodeConfig:
     compile_config: Any = None  # the transformers CompileConfig to compile with; None: HF's default
     linear: str = "torch"  # the linear layers: torch (F.linear) | onednn (packed, CPU)
     max_time: float | None = None  # seconds from the start of the call, then every row stops (HF's)
-    hf_processing: str | None = None  # HF's list runs before the step: "processors" | "warpers" (hf_processing.py)
-    hf_config: Any = None  # the merged GenerationConfig they are built from, when they run
-    hf_max_new_tokens: int = 0  # the config's length, which they read also where a caller's MaxLengthCriteria
-    # sets the loop's (forced_eos_token_id)
+    # HF's list runs before the step (hf_processing.py): "processors", and the step's penalty
+    # and min_new_tokens above are off (the list applies them); "warpers", and its
+    # temperature and filters are off too. hf_config: the merged config the list reads.
+    hf_processing: Mode | None = None
+    hf_config: GenerationConfig | None = None
 
     @staticmethod
     def resolve(model, input_ids, attention_mask, *, steer, gamma, seed, rewards,
@@ -149,12 +153,10 @@ class DecodeConfig:
                                  f"{prompt_len}; or pass max_new_tokens")
             max_new = max_length - prompt_len
         _check_int("max_new_tokens", max_new, 0)
-        forced, config_new = caller_max_length(kwargs), None
-        if forced is not None:  # HF: the caller's MaxLengthCriteria replaces the length from the config
-            if isinstance(forced, bool) or not isinstance(forced, int) or forced <= prompt_len:
-                raise ValueError(f"stopping_criteria: MaxLengthCriteria(max_length={forced!r}) must be an integer "
-                                 f"above the prompt length {prompt_len}")
-            config_new, max_new = max_new, forced - prompt_len
+        config_new = max_new  # HF's processors read the config's length (forced_eos)
+        caller_len = caller_max_length(kwargs, prompt_len)
+        if caller_len is not None:  # HF: the caller's MaxLengthCriteria replaces the config's length
+            max_new = caller_len - prompt_len
         min_new = gc.min_new_tokens or 0
         _check_int("min_new_tokens", min_new, 0)
         do_sample = bool(gc.do_sample)
@@ -194,9 +196,6 @@ class DecodeConfig:
             (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings))
         if stop_strings and kwargs.get("tokenizer") is None:
             raise ValueError("stop_strings needs tokenizer= (as in HF generate)")
-        for name in ("no_repeat_ngram_size", "min_length"):  # HF skips a negative one without a word
-            if getattr(gc, name) is not None:
-                _check_int(name, getattr(gc, name), 0)
         max_time = gc.max_time
         if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, (int, float))
                                      or not (0 <= max_time < math.inf)):
@@ -223,9 +222,13 @@ class DecodeConfig:
             raise ValueError("linear='onednn' and compile do not combine (inductor cannot lower oneDNN's "
                              "packed weights); pass compile=False or linear='torch'")
         check_warpers(gc)
-        processors = processing_mode(gc, kwargs, do_sample or steer != 0.0, _is_inert)
-        if processors:
+        mode = processing_mode(gc, kwargs, do_sample or steer != 0.0, _is_inert)
+        if mode is not None:
             check_fields(gc, model_vocab(model))
+            prepare_lengths(gc, prompt_len, config_new)
+            rp, min_new = 1.0, 0  # the step must not repeat them: HF's list applies them
+        if mode == "warpers":  # ... and its warpers: the step only steers and draws
+            temperature, top_k, top_p, min_p = 1.0, 0, 1.0, 0.0
         check_negative_prompt(kwargs, gc.guidance_scale, input_ids.shape[0] * n_ret, model_vocab(model))
         return DecodeConfig(
             max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
@@ -239,8 +242,7 @@ class DecodeConfig:
             static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear,
             max_time=None if max_time is None else float(max_time),
-            hf_processing=processors, hf_config=gc if processors else None,
-            hf_max_new_tokens=int(max_new if config_new is None else config_new))
+            hf_processing=mode, hf_config=gc if mode is not None else None)
 
     def row_seeds(self, batch: int) -> list[int]:
         """One Philox key per output row (prompt-major, as HF orders num_return_sequences)."""

@@ -17,16 +17,14 @@ on a tensor value in it cannot quietly split it.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass
 
 import torch
-from transformers.generation.logits_process import InfNanRemoveLogitsProcessor
 
 from .config import PENALTY_SKIPS_LEFT_PADDING, DecodeConfig, model_vocab
 from .decoder import Decoder
-from .hf_processing import logits_processors, stopping_criteria
+from .hf_processing import invalid_values_repair, logits_processors, stopping_criteria
 from .returns import discounted_returns
 from .rewards.text import RewardError
 from .rollout import Rollout
@@ -254,12 +252,8 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     B, P = ids.shape
     T = cfg.max_new_tokens
     processors = logits_processors(model, cfg, ids, mask, generate_kwargs)  # None: the fused step alone
-    if processors is not None:  # HF's list holds the penalty and min_new_tokens: the step must not repeat them
-        cfg = dataclasses.replace(cfg, repetition_penalty=1.0, min_new_tokens=0)
-    if cfg.hf_processing == "warpers":  # ... and the warpers: the step only steers and draws
-        cfg = dataclasses.replace(cfg, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    repair = invalid_values_repair(cfg)  # remove_invalid_values: HF's repair of what the rewards read
     stop = stopping_criteria(model, cfg, generate_kwargs)  # None: EOS and the length alone
-    repair = InfNanRemoveLogitsProcessor() if processors is not None and cfg.hf_config.remove_invalid_values else None
     run = rewards.start(vocab, B, device, generate_kwargs.get("tokenizer"), ids, mask, T, cfg.linear) \
         if rewards else None
     streamer = generate_kwargs.get("streamer")
@@ -280,13 +274,14 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
         step_fn, sample = sample_step, _compiled_sample_one(model, cfg.compile_config, cfg.compile_required)
         t_dev = torch.zeros((), dtype=torch.long, device=device)
     keep_scores = cfg.output_scores and cfg.return_dict_in_generate  # HF's criteria see these, else None
+    sync_each_step = streamer is not None or stop is not None or processors is not None  # Python that syncs anyway
     for t in range(T):
-        read, processed = logits, None  # what the rewards and policy_logprobs read; what the step samples
+        model_logits, processed = logits, None  # what the rewards and policy_logprobs read; what the step samples
         if processors is not None:  # HF casts a copy to float32 for its processors, which may write to it
             processed = processors(buf.seqs[:, : P + t], logits.to(torch.float32, copy=True))  # [B, V]
-            if repair is not None:  # remove_invalid_values: the model's logits as HF repairs them
-                read = repair(None, logits.to(torch.float32, copy=True))
-        tok, step_scores = sample(step_fn, cfg, run, buf, read, t if t_dev is None else t_dev.fill_(t),
+            if repair is not None:
+                model_logits = repair(None, logits.to(torch.float32, copy=True))  # [B, V]
+        tok, step_scores = sample(step_fn, cfg, run, buf, model_logits, t if t_dev is None else t_dev.fill_(t),
                                   t < cfg.min_new_tokens, processed)
         if cfg.output_scores:
             scores.append(step_scores)
@@ -298,8 +293,7 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
             buf.alive &= ~stop(buf.seqs[:, : P + t + 1], tuple(scores) if keep_scores else None)
         if t + 1 == T:
             break
-        if streamer is not None or stop is not None or processors is not None or (t + 1) % SYNC_EVERY == 0:
-            # (the Python of processors and criteria syncs anyway: stop as soon as HF would)
+        if sync_each_step or (t + 1) % SYNC_EVERY == 0:  # stop as soon as HF would, where it costs nothing
             if bool((buf.first_bad >= 0).any()) or not bool(buf.alive.any()):
                 break
         logits = decoder.step(tok)

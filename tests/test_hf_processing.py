@@ -2,8 +2,9 @@
 processors, a caller's ``logits_processor`` and ``prefix_allowed_tokens_fn``, and
 ``stopping_criteria`` / ``max_time``. Oracles: HF's own ``generate`` (greedy tokens and
 scores), HF's processors applied by hand to the model's logits (sampling, where the draws
-differ), and plain Python rules on the output. Every case also checks that the argument
-changed the output, so a silently ignored one fails."""
+differ), and plain Python rules on the output. Every case of the tables (GREEDY, WARPERS) and
+the criteria's first checks that the argument changed the output, so a silently ignored one
+fails."""
 
 import os
 import shutil
@@ -20,6 +21,8 @@ from transformers.generation.logits_process import (EpsilonLogitsWarper, EtaLogi
 
 import proxdecode as pd
 from conftest import assert_verbose_allclose
+
+VOCAB = 49152  # the default tokenizer's, which the tiny model shares (test_vocab_is_the_tokenizers)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,41 @@ GREEDY = {
                                   eos_token_id=3134),
 }
 
+# what a case must change HF's output against (default: plain greedy with the case's EOS)
+BASELINE = {"min_new_tokens_over_min_length": dict(min_length=17, eos_token_id=3937)}
+
+
+def _logits(model, out, enc):
+    """``[B, P+T, V]`` float32 logits of the model teacher-forced on a rollout's sequences."""
+    with torch.inference_mode():
+        mask = torch.cat([enc["attention_mask"], out.mask.long()], 1)
+        return model(out.sequences, attention_mask=mask).logits.float()
+
+
+def test_vocab_is_the_tokenizers(tiny):
+    model, tok = tiny
+    assert pd.config.model_vocab(model) == len(tok) == VOCAB
+
+
+@pytest.mark.parametrize("case", GREEDY)
+def test_greedy_is_hfs_with_its_processors(tiny, enc, case):
+    model, _ = tiny
+    kw = GREEDY[case]
+    args = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    hf, ours = model.generate(**enc, **args, **kw), pd.generate(model, **enc, **args, **kw)
+    base = BASELINE.get(case, {k: v for k, v in kw.items() if k == "eos_token_id"})
+    plain = model.generate(**enc, max_new_tokens=12, do_sample=False, **base)
+    assert not torch.equal(hf.sequences, plain), f"{case} must change HF's output, or it is not tested"
+    assert torch.equal(ours.sequences, hf.sequences), (case, ours.sequences, hf.sequences)
+    for t, (a, b) in enumerate(zip(ours.scores, hf.scores)):
+        assert_verbose_allclose(a, b, atol=1e-5, rtol=1e-5, name=f"{case} scores, step {t}")
+    # the policy's log-probs stay the model's own, before any processor
+    P = enc["input_ids"].shape[1]
+    raw = _logits(model, ours, enc)[:, P - 1:-1].log_softmax(-1).gather(2, ours.tokens[..., None])[..., 0]
+    assert_verbose_allclose(ours.policy_logprobs[ours.mask], raw[ours.mask], atol=1e-4, rtol=1e-4,
+                            name=f"{case} policy_logprobs")
+
+
 def test_forced_eos_reads_the_configs_length_under_a_callers_max_length(tiny, enc):
     """HF's ForcedEOS forces EOS one token before the config's length, even where a caller's
     MaxLengthCriteria sets another: shorter (never forced) or longer (forced, then on)."""
@@ -102,36 +140,6 @@ def test_guidance_with_a_negative_prompt(tiny, enc):
     assert torch.equal(pd.generate(model, **enc, **kw), hf)
 
 
-# what a case must change HF's output against (default: plain greedy with the case's EOS)
-BASELINE = {"min_new_tokens_over_min_length": dict(min_length=17, eos_token_id=3937)}
-
-
-def _logits(model, out, enc):
-    """``[B, P+T, V]`` float32 logits of the model teacher-forced on a rollout's sequences."""
-    with torch.inference_mode():
-        mask = torch.cat([enc["attention_mask"], out.mask.long()], 1)
-        return model(out.sequences, attention_mask=mask).logits.float()
-
-
-@pytest.mark.parametrize("case", GREEDY)
-def test_greedy_is_hfs_with_its_processors(tiny, enc, case):
-    model, _ = tiny
-    kw = GREEDY[case]
-    args = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=True, output_scores=True)
-    hf, ours = model.generate(**enc, **args, **kw), pd.generate(model, **enc, **args, **kw)
-    base = BASELINE.get(case, {k: v for k, v in kw.items() if k == "eos_token_id"})
-    plain = model.generate(**enc, max_new_tokens=12, do_sample=False, **base)
-    assert not torch.equal(hf.sequences, plain), f"{case} must change HF's output, or it is not tested"
-    assert torch.equal(ours.sequences, hf.sequences), (case, ours.sequences, hf.sequences)
-    for t, (a, b) in enumerate(zip(ours.scores, hf.scores)):
-        assert_verbose_allclose(a, b, atol=1e-5, rtol=1e-5, name=f"{case} scores, step {t}")
-    # the policy's log-probs stay the model's own, before any processor
-    P = enc["input_ids"].shape[1]
-    raw = _logits(model, ours, enc)[:, P - 1:-1].log_softmax(-1).gather(2, ours.tokens[..., None])[..., 0]
-    assert_verbose_allclose(ours.policy_logprobs[ours.mask], raw[ours.mask], atol=1e-4, rtol=1e-4,
-                            name=f"{case} policy_logprobs")
-
-
 def test_processors_run_before_the_warpers_when_sampling(tiny, enc):
     """Sampling draws differ from HF's, so the oracle is HF's processors applied by hand, in
     HF's order, to the model's logits of pd's own rows (``output_logits``, HF's in
@@ -160,29 +168,28 @@ def test_processors_run_before_the_warpers_when_sampling(tiny, enc):
 
 
 # warpers the step does not fuse: HF's whole list runs, then the step only draws. Oracle: the
-# warpers built by hand in HF's order (temperature, top-h, top-k, top-p, then these; the watermark last)
+# whole list built by hand in HF's order (temperature, top-h, top-k, top-p, min-p, typical,
+# epsilon, eta; the watermark last), around the warpers the fused step alone would apply
+TEMPERATURE, TOP_K, TOP_P = TemperatureLogitsWarper(0.8), TopKLogitsWarper(200), TopPLogitsWarper(0.95)
 WARPERS = {
-    "typical_p": (dict(typical_p=0.9), lambda: [TypicalLogitsWarper(0.9)]),
-    "epsilon_cutoff": (dict(epsilon_cutoff=0.005), lambda: [EpsilonLogitsWarper(0.005)]),  # cut in top-200
-    "eta_cutoff": (dict(eta_cutoff=0.9), lambda: [EtaLogitsWarper(0.9)]),
-    "top_h": (dict(top_h=0.5), lambda: "top_h"),
+    "typical_p": (dict(typical_p=0.9), [TEMPERATURE, TOP_K, TOP_P, TypicalLogitsWarper(0.9)]),
+    "epsilon_cutoff": (dict(epsilon_cutoff=0.005),  # cuts inside the top 200 of the tiny model
+                       [TEMPERATURE, TOP_K, TOP_P, EpsilonLogitsWarper(0.005)]),
+    "eta_cutoff": (dict(eta_cutoff=0.9), [TEMPERATURE, TOP_K, TOP_P, EtaLogitsWarper(0.9)]),
+    "top_h": (dict(top_h=0.5), [TEMPERATURE, TopHLogitsWarper(top_h=0.5), TOP_K, TOP_P]),
     "watermarking_config": (dict(watermarking_config=WatermarkingConfig(bias=2.0)),
-                            lambda: [WatermarkLogitsProcessor(49152, "cpu", bias=2.0)]),
+                            [TEMPERATURE, TOP_K, TOP_P, WatermarkLogitsProcessor(VOCAB, "cpu", bias=2.0)]),
 }
 
 
 @pytest.mark.parametrize("case", WARPERS)
 def test_sampling_with_warpers_the_step_does_not_fuse(tiny, enc, case):
     model, _ = tiny
-    kw, extra = WARPERS[case]
+    kw, hf_order = WARPERS[case]
     out = pd.generate(model, **enc, max_new_tokens=8, do_sample=True, temperature=0.8, top_k=200, top_p=0.95,
                       seed=2, return_dict_in_generate=True, output_scores=True, output_logits=True, **kw)
-    head = [TemperatureLogitsWarper(0.8), TopKLogitsWarper(200), TopPLogitsWarper(0.95)]
-    unfused = LogitsProcessorList(head)  # what the fused step alone would keep
-    warpers = extra()
-    if warpers == "top_h":  # top-h comes right after the temperature
-        head, warpers = [head[0], TopHLogitsWarper(top_h=0.5), *head[1:]], []
-    oracle = LogitsProcessorList(head + warpers)
+    oracle = LogitsProcessorList(hf_order)
+    unfused = LogitsProcessorList([TEMPERATURE, TOP_K, TOP_P])  # what the fused step alone would keep
     P = enc["input_ids"].shape[1]
     changed = False
     for t, got in enumerate(out.scores):  # on pd's own logits, as in the test above
@@ -216,8 +223,8 @@ def test_steering_inside_the_set_hfs_warpers_leave(tiny, enc):
 
 
 def test_processors_with_rewards_and_steering(tiny, enc):
-    """The rewards read the model's logits, the step the processed ones: the tokens steering
-    picked are banned, and steering then finds other tokens with the word, never those."""
+    """Steering works on what HF's processors leave: the tokens steering picked are banned, and
+    steering then finds other tokens with the word, never those; the rewards still sum."""
     model, tok = tiny
     rewards = pd.Rewards(tok, [pd.rewards.WordList(["the"], whole_words=False), pd.rewards.Fluency(weight=0.1)])
     kw = dict(max_new_tokens=10, do_sample=True, top_k=0, seed=0, rewards=rewards, steer=50.0)
@@ -237,7 +244,7 @@ class StopAfterToken(StoppingCriteria):
         self.token, self.scores_seen = token, []
 
     def __call__(self, input_ids, scores, **kwargs):
-        self.scores_seen.append(scores if scores is None else [s.clone() for s in scores])
+        self.scores_seen.append(None if scores is None else [s.clone() for s in scores])
         return input_ids[:, -1] == self.token
 
 
@@ -290,7 +297,7 @@ def test_max_time_and_a_callers_max_length(tiny, enc, monkeypatch):
         assert torch.equal(pd.generate(model, **enc, max_new_tokens=12, do_sample=False, stopping_criteria=crit), hf)
 
 
-class Nothing(LogitsProcessor):
+class BanAllOfRow0(LogitsProcessor):
     def __call__(self, input_ids, scores):
         scores[0] = float("-inf")
         return scores
@@ -300,7 +307,7 @@ def test_a_processor_that_leaves_no_token_is_reported(tiny, enc):
     model, _ = tiny
     match = "after the logits processors, had .* rows \\[0\\] .first at step 0"
     with pytest.raises(pd.NonFiniteLogitsError, match=match):
-        pd.generate(model, **enc, max_new_tokens=4, logits_processor=[Nothing()])
+        pd.generate(model, **enc, max_new_tokens=4, logits_processor=[BanAllOfRow0()])
 
 
 def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
@@ -336,7 +343,7 @@ def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
     (dict(max_time=-1.0), ValueError, "max_time must be a finite number"),
     (dict(max_time=float("inf")), ValueError, "max_time must be a finite number"),
     (dict(bad_words_ids=[[-3]]), ValueError, "bad_words_ids must be a list of non-empty lists of token ids"),
-    (dict(bad_words_ids=[[10**7]]), ValueError, r"bad_words_ids must be .* \(ids in \[0, 49152\)\)"),
+    (dict(bad_words_ids=[[10**7]]), ValueError, rf"bad_words_ids must be .* \(ids in \[0, {VOCAB}\)\)"),
     (dict(begin_suppress_tokens=5), ValueError, "begin_suppress_tokens must be a list of token ids"),
     (dict(suppress_tokens="abc"), ValueError, "suppress_tokens must be a list of token ids"),
     (dict(forced_eos_token_id=10**7), ValueError, "forced_eos_token_id must be a token id or a list of them"),
@@ -347,7 +354,7 @@ def test_remove_invalid_values_is_hfs_way_past_nan_logits(tiny, enc):
     (dict(guidance_scale=2.0, negative_prompt_ids=torch.ones(1, 3, dtype=torch.long)), ValueError,
      r"negative_prompt_ids must have one row per generated row \(2"),
     (dict(guidance_scale=2.0, negative_prompt_ids=torch.full((2, 3), 10**7)), ValueError,
-     r"negative_prompt_ids must be token ids in \[0, 49152\)"),
+     rf"negative_prompt_ids must be token ids in \[0, {VOCAB}\)"),
     (dict(guidance_scale=2.0, negative_prompt_ids=torch.ones(2, 3, dtype=torch.long),
           negative_prompt_attention_mask=torch.ones(2, 4, dtype=torch.long)), ValueError,
      "negative_prompt_attention_mask must have the shape of negative_prompt_ids"),
