@@ -11,12 +11,12 @@ caller's processor is arbitrary Python anyway, so they run as HF builds them:
   HF's processors *without* its warpers, in HF's order: the config's processors (the
   repetition penalty and ``min_new_tokens`` among them), then the caller's. The fused step
   then does what HF runs after them (temperature, top-k, top-p, min-p), plus the steering
-  and the draw; the engine turns the step's own penalty and EOS suppression off, so
-  nothing is applied twice (mode ``"processors"``).
+  and the draw; ``DecodeConfig.resolve`` turns the step's own penalty and EOS suppression
+  off, so nothing is applied twice (mode ``"processors"``).
 - A sampling or steered call with a warper the step does not fuse (``typical_p``,
   ``epsilon_cutoff``, ``eta_cutoff``, ``top_h``) or a watermark (HF's comes after the
   warpers) takes HF's whole list, warpers included; the step then only steers inside the
-  tokens left finite and draws, its temperature and filters off (mode ``"warpers"``).
+  tokens left finite and draws, its temperature and filters off too (mode ``"warpers"``).
 - ``stopping_criteria`` holds ``stop_strings``, ``max_time`` and the caller's criteria, and
   the loop ANDs them into its rows' alive flags after each step, as HF does. EOS and the
   length the loop checks itself.
