@@ -30,14 +30,14 @@ SUPPORTED_ARGS = frozenset({
     "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "eos_token_id",
     "pad_token_id", "bos_token_id", "num_return_sequences", "return_dict_in_generate",
     "output_scores", "streamer", "stop_strings", "tokenizer", "use_cache", "cache_implementation",
-    "compile_config", "disable_compile", "max_time", "output_logits", "renormalize_logits",
+    "compile_config", "disable_compile", "max_time", "output_logits", "output_hidden_states", "renormalize_logits",
     *CALL_ARGS, *PROCESSOR_FIELDS, *WARPER_FIELDS,
 })
 
 # GenerationConfig fields whose non-default values select behaviour not implemented here.
 _INACTIVE_WHEN = {
     "num_beams": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None,),
-    "output_attentions": (None, False), "output_hidden_states": (None, False),
+    "output_attentions": (None, False),
     "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
     "encoder_repetition_penalty": (None, 1.0), "encoder_no_repeat_ngram_size": (None, 0),
     "diversity_penalty": (None, 0.0), "constraints": (None,), "force_words_ids": (None,),
@@ -90,6 +90,7 @@ class DecodeConfig:
     return_dict_in_generate: bool
     output_scores: bool
     output_logits: bool  # HF's: the raw [B, V] logits of every step
+    output_hidden_states: bool  # HF's: every step's forward's hidden states, per layer
     renormalize_logits: bool  # HF's: the scores (output, and the criteria's) are log-probs
     steer: float
     gamma: float
@@ -127,6 +128,8 @@ class DecodeConfig:
         hf_kwargs = {k: v for k, v in kwargs.items() if k not in ("generation_config", "streamer", "tokenizer")
                      and k not in _INERT_CALL_ARGS and k not in CALL_ARGS}
         gc, left = model._prepare_generation_config(passed_gc, **hf_kwargs)
+        left = {k: v for k, v in left.items() if k not in ("output_attentions", "output_hidden_states")}  # HF
+        # copies these two fields into the model's kwargs; they are read from gc below
         if left:  # not GenerationConfig fields in this transformers version: they would do nothing
             raise TypeError(f"pd.generate: {sorted(left)} are not generation arguments of transformers "
                             f"{transformers.__version__}")
@@ -237,6 +240,7 @@ class DecodeConfig:
             pad_token_id=int(pad), num_return_sequences=int(n_ret),
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), output_logits=bool(gc.output_logits),
+            output_hidden_states=bool(gc.output_hidden_states),
             renormalize_logits=bool(gc.renormalize_logits), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
             static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,

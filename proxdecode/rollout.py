@@ -2,9 +2,9 @@
 
 It subclasses HF's ``GenerateDecoderOnlyOutput``, what ``model.generate`` returns with
 ``return_dict_in_generate=True``, so code written for that keeps working (``isinstance``,
-``out.sequences``, ``out.scores``, ``out.logits``, ``out["sequences"]``). Its ``attentions``,
-``hidden_states`` and cache stay None: ``generate`` refuses ``output_attentions`` and the
-like, and the engine keeps its cache. It also carries what an on-policy trainer needs per
+``out.sequences``, ``out.scores``, ``out.logits``, ``out.hidden_states``, ``out["sequences"]``).
+Its ``attentions`` and cache stay None: ``generate`` refuses ``output_attentions``, and the
+engine keeps its cache. It also carries what an on-policy trainer needs per
 generated token, aligned on ``[B, T]``.
 """
 
@@ -35,6 +35,9 @@ class Rollout(GenerateDecoderOnlyOutput):
         scores: with ``output_scores=True``, HF's tuple of ``T`` processed ``[B, V]`` scores
             (log-probs with ``renormalize_logits=True``).
         logits: with ``output_logits=True``, HF's tuple of ``T`` raw ``[B, V]`` float32 logits.
+        hidden_states: with ``output_hidden_states=True``, HF's tuple of ``T`` tuples, one
+            ``[B, n, H]`` per layer and the embeddings, of the forward that gave step ``t``'s
+            logits (``n = P`` for the prefill, then 1): a value head reads them, no second forward.
         prompt_mask: ``[B, P]`` the prompts' attention mask (0 on left padding), so a trainer
             can re-run prompt + completion in one forward.
         vocab_size: logits per position of the model that made the rollout.

@@ -131,3 +131,25 @@ def test_output_logits_and_renormalize_logits_as_in_hf(tiny, enc):
     for t, (a, b) in enumerate(zip(renorm.scores, plain.scores)):
         torch.testing.assert_close(a, torch.log_softmax(b, -1), rtol=1e-5, atol=1e-5, msg=f"step {t}")
     assert plain.logits is None
+
+
+def test_output_hidden_states_as_in_hf(tiny, enc):
+    """Per step, HF's tuple of every layer's hidden states (and the embeddings') of the forward
+    that gave that step's logits: the prompt's [B, P, H] first, then [B, 1, H]; with rewards
+    too, where a value head would read them."""
+    model, tok = tiny
+    args = dict(max_new_tokens=5, do_sample=False, return_dict_in_generate=True, output_hidden_states=True)
+    hf, ours = model.generate(**enc, **args), pd.generate(model, **enc, **args)
+    _same(ours.sequences, hf.sequences)
+    assert len(ours.hidden_states) == len(hf.hidden_states) == 5
+    B, P = enc["input_ids"].shape
+    for t, (a, b) in enumerate(zip(ours.hidden_states, hf.hidden_states)):
+        assert len(a) == len(b) == model.config.num_hidden_layers + 1
+        assert a[0].shape == (B, P if t == 0 else 1, model.config.hidden_size)
+        for layer, (x, y) in enumerate(zip(a, b)):
+            # left-padded positions of the prompt carry no meaning: compared where the mask is 1
+            keep = enc["attention_mask"].bool() if t == 0 else torch.ones(B, 1, dtype=torch.bool)
+            torch.testing.assert_close(x[keep], y[keep], rtol=1e-4, atol=1e-4, msg=f"step {t}, layer {layer}")
+    steered = pd.generate(model, **enc, **args, rewards=pd.Rewards(tok, [pd.rewards.Sentiment()]), steer=1.0)
+    assert len(steered.hidden_states) == steered.tokens.shape[1]
+    assert pd.generate(model, **enc, max_new_tokens=2, return_dict_in_generate=True).hidden_states is None
