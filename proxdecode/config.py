@@ -30,14 +30,14 @@ SUPPORTED_ARGS = frozenset({
     "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "eos_token_id",
     "pad_token_id", "bos_token_id", "num_return_sequences", "return_dict_in_generate",
     "output_scores", "streamer", "stop_strings", "tokenizer", "use_cache", "cache_implementation",
-    "compile_config", "disable_compile", "max_time", "output_logits", "output_hidden_states", "renormalize_logits",
+    "compile_config", "disable_compile", "max_time", "output_logits", "output_hidden_states",
+    "output_attentions", "renormalize_logits",
     *CALL_ARGS, *PROCESSOR_FIELDS, *WARPER_FIELDS,
 })
 
 # GenerationConfig fields whose non-default values select behaviour not implemented here.
 _INACTIVE_WHEN = {
     "num_beams": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None,),
-    "output_attentions": (None, False),
     "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
     "encoder_repetition_penalty": (None, 1.0), "encoder_no_repeat_ngram_size": (None, 0),
     "diversity_penalty": (None, 0.0), "constraints": (None,), "force_words_ids": (None,),
@@ -91,6 +91,7 @@ class DecodeConfig:
     output_scores: bool
     output_logits: bool  # HF's: the raw [B, V] logits of every step
     output_hidden_states: bool  # HF's: every step's forward's hidden states, per layer
+    output_attentions: bool  # HF's: every step's forward's attention weights, per layer
     renormalize_logits: bool  # HF's: the scores (output, and the criteria's) are log-probs
     steer: float
     gamma: float
@@ -240,7 +241,7 @@ class DecodeConfig:
             pad_token_id=int(pad), num_return_sequences=int(n_ret),
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), output_logits=bool(gc.output_logits),
-            output_hidden_states=bool(gc.output_hidden_states),
+            output_hidden_states=bool(gc.output_hidden_states), output_attentions=bool(gc.output_attentions),
             renormalize_logits=bool(gc.renormalize_logits), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
             static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,

@@ -77,20 +77,20 @@ class Decoder:
     """
 
     def __init__(self, model, max_new_tokens: int, static_cache: bool = True, compiled=None,
-                 linear: str = "torch", compile_required: bool = False, hidden_states: bool = False):
+                 linear: str = "torch", compile_required: bool = False, outputs: tuple[str, ...] = ()):
         self.model, self.T, self.static, self.compiled = model, max_new_tokens, static_cache, compiled
-        self.linear, self.compile_required, self.want_hidden = linear, compile_required, hidden_states
-        self.hidden_states = None  # with hidden_states=True: the last forward's, one [B, n, H] per layer + 1
+        self.linear, self.compile_required, self.outputs = linear, compile_required, outputs
+        self.extra = {}  # the last forward's "hidden_states" / "attentions", of those in ``outputs``
         params = inspect.signature(type(model).forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.24 : older
 
     def _run(self, forward, tokens, positions, mask):
-        extra = {"output_hidden_states": True} if self.want_hidden else {}
+        flags = {f"output_{name}": True for name in self.outputs}  # HF's output_hidden_states / _attentions
         with packed_forwards(self.packed) if self.packed else contextlib.nullcontext():
             out = forward(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                          use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache}, **extra)
-        if self.want_hidden:  # copies: a compiled forward may reuse its output buffers
-            self.hidden_states = tuple(h.clone() for h in out.hidden_states)
+                          use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache}, **flags)
+        # copies: a compiled forward may reuse its output buffers
+        self.extra = {name: tuple(x.clone() for x in getattr(out, name, None) or ()) for name in self.outputs}
         return out.logits[:, -1, :]  # [B, V]
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

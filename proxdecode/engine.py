@@ -265,9 +265,10 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
 
     step_fn, sample, t_dev = select_step(cfg.backend, device), sample_one, None
     compiled = model.get_compiled_call(cfg.compile_config) if cfg.compile else None
-    decoder = Decoder(model, T, cfg.static_cache, compiled, cfg.linear, cfg.compile_required,
-                      hidden_states=cfg.output_hidden_states)
-    hidden = []  # with output_hidden_states: per step, the hidden states of the forward that gave its logits
+    outputs = tuple(name for name, on in (("hidden_states", cfg.output_hidden_states),
+                                          ("attentions", cfg.output_attentions)) if on)
+    decoder = Decoder(model, T, cfg.static_cache, compiled, cfg.linear, cfg.compile_required, outputs)
+    extra = {name: [] for name in outputs}  # per step, those of the forward that gave its logits
     if T > 0:
         logits = decoder.prefill(ids, mask)  # drops `compiled` where the cache cannot be static
     if decoder.compiled is not None and run is not None and run.traceable and cfg.backend in ("auto", "torch"):
@@ -289,8 +290,8 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
             scores.append(step_scores)
         if cfg.output_logits:  # a copy: a compiled forward may write its next logits in place
             raw_logits.append(logits.to(torch.float32, copy=True))
-        if cfg.output_hidden_states:
-            hidden.append(decoder.hidden_states)
+        for name in outputs:
+            extra[name].append(decoder.extra[name])
         if streamer is not None:
             streamer.put(tok.cpu())
         if stop is not None:  # as HF: a row stops when any criterion says so
@@ -336,7 +337,7 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
         returns=discounted_returns(total, mask_n, cfg.gamma),
         scores=tuple(scores[:n]) if cfg.output_scores else None,
         logits=tuple(raw_logits[:n]) if cfg.output_logits else None,
-        hidden_states=tuple(hidden[:n]) if cfg.output_hidden_states else None, prompt_mask=mask, vocab_size=vocab)
+        **{name: tuple(steps[:n]) for name, steps in extra.items()}, prompt_mask=mask, vocab_size=vocab)
     if failure is not None:
         failure.rollout = rollout
         raise failure

@@ -2,10 +2,9 @@
 
 It subclasses HF's ``GenerateDecoderOnlyOutput``, what ``model.generate`` returns with
 ``return_dict_in_generate=True``, so code written for that keeps working (``isinstance``,
-``out.sequences``, ``out.scores``, ``out.logits``, ``out.hidden_states``, ``out["sequences"]``).
-Its ``attentions`` and cache stay None: ``generate`` refuses ``output_attentions``, and the
-engine keeps its cache. It also carries what an on-policy trainer needs per
-generated token, aligned on ``[B, T]``.
+``out.sequences``, ``out.scores``, ``out.logits``, ``out.hidden_states``, ``out.attentions``,
+``out["sequences"]``). Its cache stays None: the engine keeps its cache. It also carries
+what an on-policy trainer needs per generated token, aligned on ``[B, T]``.
 """
 
 from __future__ import annotations
@@ -38,6 +37,8 @@ class Rollout(GenerateDecoderOnlyOutput):
         hidden_states: with ``output_hidden_states=True``, HF's tuple of ``T`` tuples, one
             ``[B, n, H]`` per layer and the embeddings, of the forward that gave step ``t``'s
             logits (``n = P`` for the prefill, then 1): a value head reads them, no second forward.
+        attentions: with ``output_attentions=True``, HF's tuple of ``T`` tuples of one
+            ``[B, heads, n, keys]`` per layer (empty where the attention computes none: sdpa).
         prompt_mask: ``[B, P]`` the prompts' attention mask (0 on left padding), so a trainer
             can re-run prompt + completion in one forward.
         vocab_size: logits per position of the model that made the rollout.

@@ -153,3 +153,24 @@ def test_output_hidden_states_as_in_hf(tiny, enc):
     steered = pd.generate(model, **enc, **args, rewards=pd.Rewards(tok, [pd.rewards.Sentiment()]), steer=1.0)
     assert len(steered.hidden_states) == steered.tokens.shape[1]
     assert pd.generate(model, **enc, max_new_tokens=2, return_dict_in_generate=True).hidden_states is None
+
+
+def test_output_attentions_as_in_hf(enc):
+    """Per step, every layer's attention weights, as HF returns them: with eager attention the
+    [B, heads, n, keys] weights (n = P for the prompt, then 1); with sdpa, which computes
+    none, HF's empty tuples."""
+    model, _ = pd.random_model("tiny", seed=0)  # its own copy: the attention implementation changes
+    args = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_attentions=True)
+    sdpa_hf, sdpa_pd = model.generate(**enc, **args), pd.generate(model, **enc, **args)
+    assert sdpa_pd.attentions == sdpa_hf.attentions == ((),) * 4
+    model.set_attn_implementation("eager")
+    hf, ours = model.generate(**enc, **args), pd.generate(model, **enc, **args)
+    _same(ours.sequences, hf.sequences)
+    B, P = enc["input_ids"].shape
+    for t, (a, b) in enumerate(zip(ours.attentions, hf.attentions)):
+        assert len(a) == len(b) == model.config.num_hidden_layers
+        assert a[0].shape == (B, model.config.num_attention_heads, P if t == 0 else 1, P + t)
+        for layer, (x, y) in enumerate(zip(a, b)):
+            rows = enc["attention_mask"].bool() if t == 0 else torch.ones(B, 1, dtype=torch.bool)
+            torch.testing.assert_close(x.transpose(1, 2)[rows], y.transpose(1, 2)[rows], rtol=1e-4, atol=1e-4,
+                                       msg=f"step {t}, layer {layer}")
