@@ -50,8 +50,10 @@ _INERT_CALL_ARGS = {
     "custom_generate": (None,),
 }
 # ``use_cache`` is accepted either way: the engine always decodes with the cache it owns, and
-# HF's outputs do not depend on it (trainers such as TRL set it False for gradient
-# checkpointing, which must not stop the same model from being a rollout policy).
+# HF's tokens and scores do not depend on it (trainers such as TRL set it False for gradient
+# checkpointing, which must not stop the same model from being a rollout policy). HF's hidden
+# states and attentions do: without a cache each step's span the whole sequence, so that pair
+# is refused (resolve).
 
 
 def _hf_penalty_skips_left_padding() -> bool:
@@ -200,6 +202,10 @@ class DecodeConfig:
             (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings))
         if stop_strings and kwargs.get("tokenizer") is None:
             raise ValueError("stop_strings needs tokenizer= (as in HF generate)")
+        if (gc.output_hidden_states or gc.output_attentions) and gc.use_cache is False:
+            raise ValueError("output_hidden_states / output_attentions with use_cache=False: HF then returns every "
+                             "position of the sequence each step, pd (which decodes with its cache) the new one "
+                             "only; pass use_cache=True")
         max_time = gc.max_time
         if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, (int, float))
                                      or not (0 <= max_time < math.inf)):

@@ -89,8 +89,9 @@ class Decoder:
         with packed_forwards(self.packed) if self.packed else contextlib.nullcontext():
             out = forward(input_ids=tokens, attention_mask=mask, position_ids=positions,
                           use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache}, **flags)
-        # copies: a compiled forward may reuse its output buffers
-        self.extra = {name: tuple(x.clone() for x in getattr(out, name, None) or ()) for name in self.outputs}
+        copy = forward is self.compiled  # a compiled forward may reuse its output buffers
+        self.extra = {name: tuple(x.clone() if copy else x for x in getattr(out, name, None) or ())
+                      for name in self.outputs}
         return out.logits[:, -1, :]  # [B, V]
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -265,8 +265,9 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
 
     step_fn, sample, t_dev = select_step(cfg.backend, device), sample_one, None
     compiled = model.get_compiled_call(cfg.compile_config) if cfg.compile else None
+    returns_rollout = run is not None or cfg.return_dict_in_generate  # else the flags below do nothing, as in HF
     outputs = tuple(name for name, on in (("hidden_states", cfg.output_hidden_states),
-                                          ("attentions", cfg.output_attentions)) if on)
+                                          ("attentions", cfg.output_attentions)) if on and returns_rollout)
     decoder = Decoder(model, T, cfg.static_cache, compiled, cfg.linear, cfg.compile_required, outputs)
     extra = {name: [] for name in outputs}  # per step, those of the forward that gave its logits
     if T > 0:
@@ -288,7 +289,7 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
                                   t < cfg.min_new_tokens, processed)
         if cfg.output_scores:
             scores.append(step_scores)
-        if cfg.output_logits:  # a copy: a compiled forward may write its next logits in place
+        if cfg.output_logits and returns_rollout:  # a copy: a compiled forward may write its next logits in place
             raw_logits.append(logits.to(torch.float32, copy=True))
         for name in outputs:
             extra[name].append(decoder.extra[name])

@@ -34,11 +34,15 @@ class Rollout(GenerateDecoderOnlyOutput):
         scores: with ``output_scores=True``, HF's tuple of ``T`` processed ``[B, V]`` scores
             (log-probs with ``renormalize_logits=True``).
         logits: with ``output_logits=True``, HF's tuple of ``T`` raw ``[B, V]`` float32 logits.
-        hidden_states: with ``output_hidden_states=True``, HF's tuple of ``T`` tuples, one
-            ``[B, n, H]`` per layer and the embeddings, of the forward that gave step ``t``'s
-            logits (``n = P`` for the prefill, then 1): a value head reads them, no second forward.
-        attentions: with ``output_attentions=True``, HF's tuple of ``T`` tuples of one
+        hidden_states: with ``output_hidden_states=True``, HF's tuple of one tuple per step,
+            one ``[B, n, H]`` per layer and the embeddings, of the forward that gave step
+            ``t``'s logits (``n = P`` for the prefill, then 1): a value head reads them, no
+            second forward.
+        attentions: with ``output_attentions=True``, HF's tuple of one tuple per step of one
             ``[B, heads, n, keys]`` per layer (empty where the attention computes none: sdpa).
+            ``keys`` is ``P + t`` with HF's default dynamic cache; with pd's static cache (an
+            accelerator, ``compile``, ``cache_implementation="static"``) all ``P + T`` slots,
+            zero past ``P + t``.
         prompt_mask: ``[B, P]`` the prompts' attention mask (0 on left padding), so a trainer
             can re-run prompt + completion in one forward.
         vocab_size: logits per position of the model that made the rollout.

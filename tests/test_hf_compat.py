@@ -174,3 +174,22 @@ def test_output_attentions_as_in_hf(enc):
             rows = enc["attention_mask"].bool() if t == 0 else torch.ones(B, 1, dtype=torch.bool)
             torch.testing.assert_close(x.transpose(1, 2)[rows], y.transpose(1, 2)[rows], rtol=1e-4, atol=1e-4,
                                        msg=f"step {t}, layer {layer}")
+
+
+def test_attentions_with_the_static_cache_and_without_a_cache(enc):
+    """pd's static cache: each step's keys span all P + T slots, HF's values on the first
+    P + t and zero after; use_cache=False, where HF's span the whole sequence, is refused."""
+    model, _ = pd.random_model("tiny", seed=0)
+    model.set_attn_implementation("eager")
+    args = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_attentions=True)
+    hf = model.generate(**enc, **args)
+    ours = pd.generate(model, **enc, **args, cache_implementation="static")
+    _same(ours.sequences, hf.sequences)
+    B, P = enc["input_ids"].shape
+    for t in range(1, 4):
+        for x, y in zip(ours.attentions[t], hf.attentions[t]):
+            assert x.shape[-1] == P + 4 and y.shape[-1] == P + t
+            torch.testing.assert_close(x[..., : P + t], y, rtol=1e-4, atol=1e-4, msg=f"step {t}")
+            assert not x[..., P + t:].any()
+    with pytest.raises(ValueError, match="use_cache=False: HF then returns every position"):
+        pd.generate(model, **enc, **args, use_cache=False)
