@@ -5,8 +5,11 @@ loop owns its KV cache (HF's ``StaticCache`` where the model supports it, sized 
 prompt + new tokens, so no tensor grows per step; HF's default ``DynamicCache`` for eager
 steps on the CPU, where it measured faster and nothing is captured). Finished rows keep
 running, masked, and "are all rows done?" is asked every ``SYNC_EVERY`` steps, not every
-step: that is the only host sync of the loop. Extra steps run after the last row finished
-are cut at the end, so ``sequences`` is exactly what HF's ``generate`` returns.
+step: that is the only host sync of the loop. (A streamer, and HF's own processors or
+stopping criteria when a call asks for them, ``hf_processing.py``, run Python on the
+values every step; the question is then asked every step too, so the loop stops where HF
+would.) Extra steps run after the last row finished are cut at the end, so ``sequences``
+is exactly what HF's ``generate`` returns.
 
 A step is two calls: the model forward (``Decoder``) and ``sample_one``, everything after
 it (rewards, the step, the rollout's columns, the reward state). With ``compile`` and
