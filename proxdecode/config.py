@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import transformers
 
-from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, WARPER_FIELDS, Mode, caller_max_length, check_call_args, \
-    check_fields, check_negative_prompt, check_warpers, prepare_lengths, processing_mode
+from .decoder import builds_own_masks, check_model
+from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, WARPER_FIELDS, Mode, as_int_ids, caller_eos, \
+    caller_max_length, check_call_args, check_fields, check_negative_prompt, check_warpers, prepare_lengths, \
+    processing_mode, token_ids
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig
@@ -33,6 +36,9 @@ SUPPORTED_ARGS = frozenset({
     "compile_config", "disable_compile", "max_time", "output_logits", "output_hidden_states",
     "output_attentions", "renormalize_logits",
     *CALL_ARGS, *PROCESSOR_FIELDS, *WARPER_FIELDS,
+    # beam search's own fields, which HF reads only with num_beams > 1 (refused below) and
+    # otherwise ignores at any value, logging that they "may be ignored": so does pd
+    "length_penalty", "early_stopping", "low_memory",
 })
 
 # GenerationConfig fields whose non-default values select behaviour not implemented here.
@@ -72,6 +78,7 @@ def _hf_penalty_skips_left_padding() -> bool:
 
 
 PENALTY_SKIPS_LEFT_PADDING = _hf_penalty_skips_left_padding()
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 @dataclass(frozen=True)
@@ -86,8 +93,9 @@ class DecodeConfig:
     top_p: float
     min_p: float
     repetition_penalty: float
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int
+    eos_token_ids: tuple[int, ...]  # the config's: hidden while min_new_tokens is not reached
+    stop_token_ids: tuple[int, ...]  # what ends a row (HF's EosTokenCriteria); none: nothing is padded
+    pad_token_id: int | None  # written after a row's end (and what an inferred mask hides); None: no EOS
     num_return_sequences: int
     return_dict_in_generate: bool
     output_scores: bool
@@ -127,6 +135,11 @@ class DecodeConfig:
                                  f"(allowed: {' or '.join(map(repr, inert))})")
         check_call_args(kwargs)
         _check_inputs(input_ids, attention_mask)
+        if isinstance(steer, torch.Tensor) and steer.ndim == 0:
+            steer = steer.item()
+        if isinstance(steer, bool) or not isinstance(steer, numbers.Real) or not abs(steer) <= _FLOAT32_MAX:
+            raise ValueError(f"steer must be a finite number within float32's range (|steer| <= 3.4e38, the step "
+                             f"computes in float32), got {steer!r}")
         passed_gc = kwargs.get("generation_config")
         hf_kwargs = {k: v for k, v in kwargs.items() if k not in ("generation_config", "streamer", "tokenizer")
                      and k not in _INERT_CALL_ARGS and k not in CALL_ARGS}
@@ -190,13 +203,16 @@ class DecodeConfig:
         n_ret = 1 if gc.num_return_sequences is None else gc.num_return_sequences  # HF turns 0 into 1
         _check_int("num_return_sequences", n_ret, 1)
 
-        eos = gc.eos_token_id
-        eos_ids = () if eos is None else tuple(int(e) for e in ([eos] if isinstance(eos, int) else eos))
+        vocab = model_vocab(model)
+        eos_ids = token_ids("eos_token_id", gc.eos_token_id, vocab)
+        stop_ids = caller_eos(kwargs, vocab)  # HF: a caller's EosTokenCriteria replaces the config's EOS
+        stop_ids = eos_ids if stop_ids is None else stop_ids
         pad = gc.pad_token_id
-        if pad is None:
-            if not eos_ids:
-                raise ValueError("pad_token_id is unset and there is no eos_token_id to pad with")
-            pad = eos_ids[0]
+        if pad is not None and (isinstance(pad, bool) or not isinstance(as_int_ids(pad), int)):
+            raise ValueError(f"pad_token_id must be an integer, got {pad!r}")
+        pad = eos_ids[0] if pad is None and eos_ids else pad  # HF's fallback; None: nothing is ever padded
+        if pad is None and stop_ids:
+            raise ValueError("pad_token_id is unset and the config has no eos_token_id to pad with")
         stop_strings = gc.stop_strings
         stop_strings = () if stop_strings is None else (
             (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings))
@@ -216,8 +232,6 @@ class DecodeConfig:
         cache_impl = getattr(gc, "cache_implementation", None)
         if cache_impl not in (None, "static", "dynamic"):
             raise ValueError(f"cache_implementation must be 'static', 'dynamic' or None, got {cache_impl!r}")
-        if not isinstance(steer, (int, float)) or not math.isfinite(steer):
-            raise ValueError(f"steer must be a finite number, got {steer!r}")
         if steer != 0.0 and rewards is None:
             raise ValueError("steer != 0 needs rewards= (there is nothing to steer with)")
         if not isinstance(gamma, (int, float)) or not (0.0 <= gamma <= 1.0):
@@ -234,23 +248,25 @@ class DecodeConfig:
         check_warpers(gc)
         mode = processing_mode(gc, kwargs, do_sample or steer != 0.0, _is_inert)
         if mode is not None:
-            check_fields(gc, model_vocab(model))
+            check_fields(gc, vocab)
             prepare_lengths(gc, prompt_len, config_new)
             rp, min_new = 1.0, 0  # the step must not repeat them: HF's list applies them
         if mode == "warpers":  # ... and its warpers: the step only steers and draws
             temperature, top_k, top_p, min_p = 1.0, 0, 1.0, 0.0
-        check_negative_prompt(kwargs, gc.guidance_scale, input_ids.shape[0] * n_ret, model_vocab(model))
+        check_negative_prompt(kwargs, gc.guidance_scale, input_ids.shape[0] * n_ret, vocab)
+        static = _static_cache(model, cache_impl, do_compile)
+        check_model(model, prompt_len + max_new, static)
         return DecodeConfig(
             max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-            min_p=float(min_p), repetition_penalty=float(rp), eos_token_ids=eos_ids,
-            pad_token_id=int(pad), num_return_sequences=int(n_ret),
+            min_p=float(min_p), repetition_penalty=float(rp), eos_token_ids=eos_ids, stop_token_ids=stop_ids,
+            pad_token_id=None if pad is None else as_int_ids(pad), num_return_sequences=int(n_ret),
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), output_logits=bool(gc.output_logits),
             output_hidden_states=bool(gc.output_hidden_states), output_attentions=bool(gc.output_attentions),
             renormalize_logits=bool(gc.renormalize_logits), steer=float(steer), gamma=float(gamma),
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
-            static_cache=_static_cache(model, cache_impl, do_compile), backend=backend, compile=do_compile,
+            static_cache=static, backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear,
             max_time=None if max_time is None else float(max_time),
             hf_processing=mode, hf_config=gc if mode is not None else None)
@@ -278,10 +294,11 @@ def _static_cache(model, cache_impl, do_compile: bool) -> bool:
     eager step; which cache is faster eager on a GPU is unmeasured), HF's default
     ``DynamicCache`` for eager steps on the CPU, where nothing is captured and the static
     cache's attention over its full length cost more than the dynamic one's per-step copy
-    at batch 32 (README, "Where the end-to-end speedup comes from")."""
+    at batch 32 (README, "Where the end-to-end speedup comes from"). A model that builds its
+static-cache mask in its own hook (``decoder.builds_own_masks``) gets the dynamic cache."""
     if cache_impl is not None:
         return cache_impl == "static"
-    return do_compile or model.device.type != "cpu"
+    return do_compile or (model.device.type != "cpu" and not builds_own_masks(model))
 
 
 def _decide_compile(model, gc, cache_impl, compile) -> bool:

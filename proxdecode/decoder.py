@@ -32,7 +32,47 @@ def _make_cache(model, max_len: int, static: bool):
             return StaticCache(config=model.config, max_cache_len=max_len)
         except (TypeError, ValueError):
             pass  # a model whose cache classes take other arguments: dynamic it is
-    return DynamicCache()
+    # with the config, as HF's generate makes it: the layers of hybrid models (recurrent,
+    # convolutional, sliding-window) get their own kinds of state
+    return DynamicCache(config=model.config.get_text_config(decoder=True))
+
+
+# models whose own prepare_inputs_for_generation changes nothing while the sequence stays
+# within config.original_max_position_embeddings (it then switches rope and drops the cache)
+_LONG_ROPE_HOOKS = ("Phi3ForCausalLM", "PhimoeForCausalLM")
+
+
+def builds_own_masks(model) -> bool:
+    """Whether the model builds its static-cache attention mask in its own
+    ``create_masks_for_generate`` (Bloom's alibi, Gemma 3's images, ...), which pd does not run."""
+    return hasattr(type(model), "create_masks_for_generate")
+
+
+def check_model(model, length: int, static: bool) -> None:
+    """Refuse, before any forward, a model this decoder would feed other inputs than HF does.
+
+    Why: the decoder calls ``model.forward`` itself with HF's standard generation inputs
+    (ids, positions, a 2-D mask, HF's cache), as gpt-fast calls its model; HF's ``generate``
+    lets a model change those in its own hooks. Models that keep a recurrent state outside
+    HF's ``Cache`` (RWKV, xLSTM), or whose ``prepare_inputs_for_generation`` builds other
+    inputs (Mamba drops the mask after the prefill, Zamba and Bamba their own states) would
+    decode wrong tokens without a word. ``length``: prompt plus new tokens.
+    """
+    from transformers.generation.utils import GenerationMixin
+
+    cls, name = type(model), type(model).__name__
+    if not cls._supports_default_dynamic_cache():
+        raise ValueError(f"pd.generate cannot decode with {name}: it keeps its own recurrent state outside HF's "
+                         "Cache (its _supports_default_dynamic_cache() is False); use model.generate")
+    if cls.prepare_inputs_for_generation is not GenerationMixin.prepare_inputs_for_generation:
+        limit = getattr(model.config, "original_max_position_embeddings", None)
+        if name not in _LONG_ROPE_HOOKS or (limit is not None and length > limit):
+            where = f" past its original_max_position_embeddings={limit}" if name in _LONG_ROPE_HOOKS else ""
+            raise ValueError(f"pd.generate cannot decode with {name}{where}: its prepare_inputs_for_generation "
+                             "builds its own inputs each step, which pd's decoder does not run; use model.generate")
+    if static and builds_own_masks(model):
+        raise ValueError(f"{name} builds its attention mask for a static cache in its own create_masks_for_generate, "
+                         "which pd's decoder does not run: pass cache_implementation='dynamic' (and compile=False)")
 
 
 # model -> ((batch, cache length, dtype, device), StaticCache) of its compiled decoder; weak on the model

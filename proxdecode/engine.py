@@ -45,7 +45,8 @@ class _Buffers:
     """The call's per-row state; each step writes its column ``t`` in place (the logits' device)."""
 
     seeds: torch.Tensor  # [B] int64 Philox keys
-    eos: torch.Tensor  # [E] int64
+    eos: torch.Tensor  # [E] int64: the config's EOS, hidden until min_new_tokens
+    stop: torch.Tensor  # [S] int64: what ends a row (the config's EOS, or a caller's EosTokenCriteria's)
     seqs: torch.Tensor  # [B, P+T] int64, pad after the prompt until written
     alive: torch.Tensor  # [B] bool: no EOS / stop string yet
     out_mask: torch.Tensor  # [B, T] bool: the row was alive at step t
@@ -70,7 +71,8 @@ class _Buffers:
         return cls(
             seeds=torch.tensor(cfg.row_seeds(prompts), dtype=torch.long, device=device),
             eos=torch.tensor(cfg.eos_token_ids, dtype=torch.long, device=device),
-            seqs=torch.cat([ids, ids.new_full((B, T), cfg.pad_token_id)], 1),
+            stop=torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=device),
+            seqs=torch.cat([ids, ids.new_full((B, T), cfg.pad_token_id or 0)], 1),
             alive=torch.ones(B, dtype=torch.bool, device=device),
             out_mask=torch.zeros(B, T, dtype=torch.bool, device=device),
             logprobs=torch.zeros(B, T, device=device), policy_logprobs=torch.zeros(B, T, device=device),
@@ -114,7 +116,8 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
     if scores is not None and cfg.renormalize_logits:  # HF's LogitNormalization, its last processor
         scores = torch.log_softmax(scores, dim=-1)
     buf.first_bad.copy_(torch.where(buf.alive & ~so.valid & (buf.first_bad < 0), t, buf.first_bad))
-    tok = torch.where(buf.alive, so.tokens, cfg.pad_token_id)  # [B]
+    # [B]; HF pads a finished row only when EOS can end one; else it keeps its tokens
+    tok = torch.where(buf.alive, so.tokens, cfg.pad_token_id) if cfg.stop_token_ids else so.tokens
     _put(buf.seqs, 1, buf.P + t, tok)
     _put(buf.out_mask, 1, t, buf.alive)
     _put(buf.logprobs, 1, t, torch.where(buf.alive, so.logprobs, 0.0))
@@ -123,7 +126,7 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
         _put(buf.comps, 2, t, run.record(tok, buf.alive, logits))  # [F, B]
     if buf.seen is not None:
         buf.seen.scatter_(1, tok[:, None], True)
-    buf.alive &= ~(tok[:, None] == buf.eos).any(1)  # [B, E]; torch.isin sorts (and syncs) for many ids
+    buf.alive &= ~(tok[:, None] == buf.stop).any(1)  # [B, S]; torch.isin sorts (and syncs) for many ids
     return tok, scores
 
 
@@ -248,8 +251,8 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     vocab = model_vocab(model)
     ids = input_ids.long()
     if attention_mask is None:  # HF: pad positions are masked only when pad differs from EOS
-        pad_is_eos = cfg.pad_token_id in cfg.eos_token_ids
-        attention_mask = (ids != cfg.pad_token_id).long() if not pad_is_eos else torch.ones_like(ids)
+        infer = cfg.pad_token_id is not None and cfg.pad_token_id not in cfg.eos_token_ids
+        attention_mask = (ids != cfg.pad_token_id).long() if infer else torch.ones_like(ids)
     ids = ids.repeat_interleave(cfg.num_return_sequences, 0)  # [B, P]
     mask = attention_mask.long().repeat_interleave(cfg.num_return_sequences, 0)  # [B, P]
     B, P = ids.shape

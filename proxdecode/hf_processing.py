@@ -40,8 +40,8 @@ from typing import Literal
 
 import torch
 from transformers.generation.logits_process import InfNanRemoveLogitsProcessor
-from transformers.generation.stopping_criteria import (MaxLengthCriteria, MaxTimeCriteria, StoppingCriteriaList,
-                                                       StopStringCriteria)
+from transformers.generation.stopping_criteria import (EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria,
+                                                       StoppingCriteriaList, StopStringCriteria)
 
 Mode = Literal["processors", "warpers"]
 
@@ -159,13 +159,13 @@ def _within(value, interval: str) -> bool:
     return above and below
 
 
-def _as_int_ids(value) -> int | list | None:
+def as_int_ids(value) -> int | list | None:
     """A token id, or a (nested) list of them, as Python ints (numpy and torch integers too,
     as HF takes them); None if any leaf is not an integer."""
     if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # a tensor or an array
         value = value.tolist()
     if isinstance(value, (list, tuple)):
-        items = [_as_int_ids(v) for v in value]
+        items = [as_int_ids(v) for v in value]
         return None if any(x is None for x in items) else items
     if isinstance(value, bool):
         return None
@@ -216,6 +216,29 @@ def caller_max_length(kwargs: dict, prompt_len: int) -> int | None:
     return length
 
 
+def caller_eos(kwargs: dict, vocab: int) -> tuple[int, ...] | None:
+    """The ids at which a caller's ``EosTokenCriteria`` stop a row (of all of them, where
+    several), which in HF replace the config's EOS as what ends a row (the config's still
+    hides EOS under ``min_new_tokens``); None without one."""
+    found = [c for c in kwargs.get("stopping_criteria") or () if type(c) is EosTokenCriteria]
+    if not found:
+        return None
+    return tuple(dict.fromkeys(i for c in found for i in token_ids("stopping_criteria: EosTokenCriteria.eos_token_id",
+                                                                   c.eos_token_id, vocab)))
+
+
+def token_ids(name: str, value, vocab: int) -> tuple[int, ...]:
+    """An id field HF takes as an int, a list, or numpy / torch integers (``eos_token_id``), as
+    Python ints, each checked to be in ``[0, vocab)``; None is none."""
+    if value is None:
+        return ()
+    ids = as_int_ids(value)
+    ids = [ids] if isinstance(ids, int) else ids
+    if ids is None or not all(_is_id(i, vocab) for i in ids):
+        raise ValueError(f"{name} must be a token id or a list of them, each in [0, {vocab}), got {value!r}")
+    return tuple(ids)
+
+
 def check_warpers(gc) -> None:
     """Refuse warper values HF would skip without a word (its list adds ``typical_p`` only
     below 1, the cutoffs only inside (0, 1); ``top_h`` it checks only when sampling), also
@@ -247,7 +270,7 @@ def check_fields(gc, vocab: int) -> None:
     for name, (valid, what) in validators.items():
         value = getattr(gc, name, None)
         empty = isinstance(value, (list, tuple)) and not value  # [] suppresses nothing, as in HF
-        if value is not None and not empty and not valid(_as_int_ids(value)):
+        if value is not None and not empty and not valid(as_int_ids(value)):
             raise ValueError(f"{name} must be {what} (ids in [0, {vocab})), got {value!r}")
     scale = gc.guidance_scale
     if scale is not None and not (_real(scale) and math.isfinite(scale)):
@@ -255,7 +278,7 @@ def check_fields(gc, vocab: int) -> None:
     bias = gc.sequence_bias  # {(ids): bias} or [[ids, bias], ...]; HF checks the form, not the ids
     if bias is not None:
         seqs = list(bias) if isinstance(bias, dict) else [b[0] for b in bias if isinstance(b, (list, tuple)) and b]
-        bad = [q for q in seqs if not _is_ids(_as_int_ids(q), vocab)]
+        bad = [q for q in seqs if not _is_ids(as_int_ids(q), vocab)]
         if bad:
             raise ValueError(f"sequence_bias keys must be non-empty sequences of token ids in [0, {vocab}), "
                              f"got {bad[0]!r}")

@@ -2,10 +2,12 @@
 prompt and a config, its default length, greedy scores, stop strings set in a config, and
 the inert values of arguments this engine does not implement."""
 
+import numpy as np
 import pytest
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation import GenerateDecoderOnlyOutput
+from transformers.generation.stopping_criteria import EosTokenCriteria
 
 import proxdecode as pd
 
@@ -72,6 +74,10 @@ def test_inert_values_of_unimplemented_arguments_are_accepted(tiny, enc):
                  output_logits=False, synced_gpus=False, assistant_model=None, custom_generate=None,
                  prefix_allowed_tokens_fn=None, min_length=0)
     _same(pd.generate(model, **enc, max_new_tokens=6, **inert), model.generate(**enc, max_new_tokens=6, **inert))
+    # beam search's own fields: HF ignores them at any value without beams
+    beams_only = dict(length_penalty=0.5, early_stopping=True, low_memory=True)
+    _same(pd.generate(model, **enc, max_new_tokens=6, **beams_only),
+          model.generate(**enc, max_new_tokens=6, **beams_only))
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=0.5, top_k=10, top_p=0.8), dict(temperature=0.0),
@@ -193,3 +199,88 @@ def test_attentions_with_the_static_cache_and_without_a_cache(enc):
             assert not x[..., P + t:].any()
     with pytest.raises(ValueError, match="use_cache=False: HF then returns every position"):
         pd.generate(model, **enc, **args, use_cache=False)
+
+
+def _free_run(model, enc, n=8):
+    """HF's greedy tokens without any EOS: the ids a test can make stop a row where it wants."""
+    P = enc["input_ids"].shape[1]
+    return model.generate(**enc, max_new_tokens=n, eos_token_id=None, pad_token_id=0)[:, P:]
+
+
+@pytest.mark.parametrize("form", [int, np.int64, torch.tensor, lambda i: torch.tensor([i, 0])],
+                         ids=["int", "numpy", "0-d tensor", "1-d tensor"])
+def test_eos_token_id_in_hfs_forms(tiny, enc, form):
+    model, _ = tiny
+    eos = int(_free_run(model, enc)[1, 3])  # row 1 ends at its 4th token
+    hf = model.generate(**enc, max_new_tokens=8, eos_token_id=form(eos), pad_token_id=0)
+    assert (hf[1, -4:] == 0).all()
+    _same(pd.generate(model, **enc, max_new_tokens=8, eos_token_id=form(eos), pad_token_id=0), hf)
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(eos_token_id=10**6), r"eos_token_id must be a token id or a list of them, each in \[0, 49152\)"),
+    (dict(eos_token_id=-1), r"eos_token_id must be .* got -1"),  # HF would hide id V - 1 under min_new_tokens
+    (dict(eos_token_id=[2, 2.5]), r"eos_token_id must be .* got \[2, 2.5\]"),
+    (dict(pad_token_id=1.5), "pad_token_id must be an integer, got 1.5"),
+    (dict(steer=1e39), r"steer must be a finite number within float32's range"),
+    (dict(steer=float("nan")), r"steer must be a finite number"),
+    (dict(steer="2"), r"steer must be a finite number"),
+])
+def test_bad_ids_and_steer_are_refused_before_any_forward(tiny, enc, kw, says, monkeypatch):
+    model, tok = tiny
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    rewards = pd.Rewards(tok, [pd.rewards.EndsWith(".")]) if "steer" in kw else None
+    with pytest.raises(ValueError, match=says):
+        pd.generate(model, **enc, max_new_tokens=4, min_new_tokens=2, rewards=rewards, **kw)
+    assert not calls
+
+
+def test_numpy_and_tensor_steer_are_numbers(tiny, enc):
+    model, tok = tiny
+    rewards = pd.Rewards(tok, [pd.rewards.EndsWith(".")])
+    ref = pd.generate(model, **enc, max_new_tokens=4, rewards=rewards, steer=2.0, seed=0)
+    for steer in (np.float32(2.0), torch.tensor(2.0)):
+        _same(pd.generate(model, **enc, max_new_tokens=4, rewards=rewards, steer=steer, seed=0).tokens, ref.tokens)
+
+
+def test_a_callers_eos_criteria_replaces_the_configs_eos_as_in_hf(tiny, enc):
+    """HF keeps a caller's EosTokenCriteria instead of its own: rows end at its ids, not the
+    config's (which still hides EOS under min_new_tokens)."""
+    model, _ = tiny
+    free = _free_run(model, enc)
+    config_eos, criteria_eos = int(free[0, 2]), int(free[1, 4])
+    assert config_eos not in free[1, :5].tolist() and criteria_eos not in free[0, :3].tolist()
+    kw = dict(max_new_tokens=8, eos_token_id=config_eos, pad_token_id=0,
+              stopping_criteria=StoppingCriteriaList([EosTokenCriteria(criteria_eos)]))
+    hf = model.generate(**enc, **kw)
+    assert (hf != model.generate(**enc, max_new_tokens=8, eos_token_id=config_eos, pad_token_id=0)).any()
+    _same(pd.generate(model, **enc, **kw), hf)
+    _same(pd.generate(model, **enc, **kw, min_new_tokens=4), model.generate(**enc, **kw, min_new_tokens=4))
+
+
+class _StopRowZero(StoppingCriteria):
+    """Stops row 0 after ``n`` new tokens (HF's criteria see the whole sequence)."""
+
+    def __init__(self, prompt_len, n):
+        self.P, self.n = prompt_len, n
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        done[0] = input_ids.shape[1] - self.P >= self.n
+        return done
+
+
+@pytest.mark.parametrize("pad", [0, None])
+def test_without_eos_a_stopped_row_keeps_its_tokens_as_in_hf(tiny, enc, pad):
+    """HF pads a finished row only when EOS can end rows; without one it writes on, and needs
+    no pad_token_id."""
+    model, _ = tiny
+    P = enc["input_ids"].shape[1]
+    kw = dict(max_new_tokens=6, eos_token_id=None, pad_token_id=pad, stopping_criteria=[_StopRowZero(P, 2)])
+    hf = model.generate(**enc, **kw)
+    assert hf.shape[1] == P + 6 and (hf[0, P + 2:] != 0).any()  # row 0 stopped at 2, its tokens go on
+    out = pd.generate(model, **enc, **kw, return_dict_in_generate=True)
+    _same(out.sequences, hf)
+    assert out.mask[0].tolist() == [True, True] + [False] * 4  # the rollout still knows where it stopped

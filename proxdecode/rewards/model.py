@@ -52,7 +52,7 @@ class _ReferenceModelReward(Reward):
     def init(self, ctx):
         if self.reference is None:
             return {}
-        from ..decoder import Decoder
+        from ..decoder import Decoder, builds_own_masks, check_model
 
         ref_vocab = _vocab_of(self.reference)
         if ref_vocab != ctx.vocab:
@@ -65,7 +65,9 @@ class _ReferenceModelReward(Reward):
         check_linear(ctx.linear, self.reference)  # linear="onednn" packs the reference too
         # always eager: the static cache on an accelerator, HF's dynamic one on the CPU, as the
         # policy's default (config._static_cache)
-        decoder = Decoder(self.reference, ctx.max_new_tokens, static_cache=dev.type != "cpu", linear=ctx.linear)
+        static = dev.type != "cpu" and not builds_own_masks(self.reference)
+        check_model(self.reference, ctx.prompt_ids.shape[1] + ctx.max_new_tokens, static)
+        decoder = Decoder(self.reference, ctx.max_new_tokens, static_cache=static, linear=ctx.linear)
         with torch.inference_mode():
             logits = decoder.prefill(ctx.prompt_ids.to(dev), ctx.prompt_mask.to(dev))
         return {"decoder": decoder, "ref_logits": logits, "device": ctx.device}
