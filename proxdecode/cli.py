@@ -20,13 +20,15 @@ import sys
 from .argtypes import HelpWithDefaults, at_least, number, prompt
 
 
-def _reward_entries(specs, config) -> list:
-    """``--reward`` specs and a ``--rewards`` TOML file read and checked, before any model
-    loads (``registry.Entry`` each: ``.build(model)`` gives the family)."""
+def _reward_entries(specs, config, prompts: int) -> list:
+    """``--reward`` specs and a ``--rewards`` TOML file read and checked against each other
+    and the number of ``prompts``, before any model loads (``registry.Entry`` each:
+    ``.build(model)`` gives the family)."""
     from .rewards import registry
 
     entries = [registry.parse_spec(s) for s in specs] + (registry.read_config(config) if config else [])
     registry.check_names(entries)
+    registry.check_prompts(entries, prompts)
     return entries
 
 
@@ -78,7 +80,7 @@ def cmd_generate(args):
     import proxdecode as pd
     from rich.console import Console
 
-    entries = _reward_entries(args.reward, args.rewards)
+    entries = _reward_entries(args.reward, args.rewards, len(args.prompts))
     if args.steer != 0 and not entries:
         raise ValueError("--steer needs a --reward or a --rewards file (there is nothing to steer with)")
     model, tok = pd.load_model(args.model, dtype=args.dtype)
@@ -101,7 +103,7 @@ def cmd_demo(args):
 
     prompts = ["I like to eat", "Today is a"]
     specs = ["ends-with:.", "keywords:apple,orange"]
-    entries = _reward_entries(specs, None)
+    entries = _reward_entries(specs, None, len(prompts))
     model, tok = pd.load_model(args.model, dtype=args.dtype)
     console = Console()
     table = Table(title=f"proxdecode demo: rewards {specs}, {args.n} samples per prompt, seed {args.seed}")
@@ -180,7 +182,7 @@ def cmd_train(args):
     import proxdecode as pd
     from rich.console import Console
 
-    entries = _reward_entries(args.reward, args.rewards)
+    entries = _reward_entries(args.reward, args.rewards, len(args.prompts))
     if not entries:
         raise ValueError("train needs at least one --reward or a --rewards file")
     model, tok = pd.load_model(args.model)
@@ -360,6 +362,10 @@ def main(argv=None):
 
     rate.add_parser(sub)
     args = ap.parse_args(argv)
+    if getattr(args, "greedy", False) and args.n > 1:  # HF refuses it, after the model loads
+        {"generate": g, "demo": d}[args.cmd].error(
+            f"--greedy gives one completion per prompt, and -n is {args.n}: more than one needs sampling "
+            "(drop --greedy, or pass -n 1)")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -295,7 +295,7 @@ def _static_cache(model, cache_impl, do_compile: bool) -> bool:
     ``DynamicCache`` for eager steps on the CPU, where nothing is captured and the static
     cache's attention over its full length cost more than the dynamic one's per-step copy
     at batch 32 (README, "Where the end-to-end speedup comes from"). A model that builds its
-static-cache mask in its own hook (``decoder.builds_own_masks``) gets the dynamic cache."""
+    static-cache mask in its own hook (``decoder.builds_own_masks``) gets the dynamic cache."""
     if cache_impl is not None:
         return cache_impl == "static"
     return do_compile or (model.device.type != "cpu" and not builds_own_masks(model))

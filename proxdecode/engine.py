@@ -260,8 +260,8 @@ def generate(model, input_ids=None, attention_mask=None, /, *, rewards=None, ste
     processors = logits_processors(model, cfg, ids, mask, generate_kwargs)  # None: the fused step alone
     repair = invalid_values_repair(cfg)  # remove_invalid_values: HF's repair of what the rewards read
     stop = stopping_criteria(model, cfg, generate_kwargs)  # None: EOS and the length alone
-    run = rewards.start(vocab, B, device, generate_kwargs.get("tokenizer"), ids, mask, T, cfg.linear) \
-        if rewards else None
+    run = rewards.start(vocab, B, device, generate_kwargs.get("tokenizer"), ids, mask, T, cfg.linear,
+                        prompts=input_ids.shape[0], eos_token_ids=cfg.stop_token_ids) if rewards else None
     streamer = generate_kwargs.get("streamer")
 
     buf = _Buffers.start(cfg, ids, mask, input_ids.shape[0], T, len(run.names) if run else 0, vocab)

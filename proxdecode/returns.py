@@ -35,7 +35,7 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float =
     _check(rewards, mask, gamma)
     r = torch.where(mask, rewards.float(), 0.0)
     out = torch.zeros_like(r)
-    running = torch.zeros_like(r[:, 0])
+    running = r.new_zeros(r.shape[0])  # [B]; T may be 0
     for t in range(r.shape[1] - 1, -1, -1):
         running = r[:, t] + gamma * running * mask[:, t]
         out[:, t] = running
@@ -60,7 +60,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     m = mask.float()
     r, v = torch.where(mask, rewards.float(), 0.0), torch.where(mask, values.float(), 0.0)  # NaN off the mask too
     adv = torch.zeros_like(r)
-    running = torch.zeros_like(r[:, 0])
+    running = r.new_zeros(r.shape[0])  # [B]; T may be 0
     for t in range(r.shape[1] - 1, -1, -1):
         next_v = v[:, t + 1] * m[:, t + 1] if t + 1 < r.shape[1] else torch.zeros_like(running)
         delta = r[:, t] + gamma * next_v - v[:, t]

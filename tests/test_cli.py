@@ -87,6 +87,11 @@ def test_sampling_flags_are_hfs_arguments(real, capsys, monkeypatch):
     (["generate", "x", "--reward", "length:abc"], r"cannot read 'abc' \(the form is length:MIN.*'abc' is not a whole"),
     (["generate", "x", "--reward", "repetition:x"], "'x' is not a whole number"),
     (["generate", "x", "--reward", "keywords:apple=abc"], "the weight after '=' must be a number, got 'abc'"),
+    (["generate", "x", "--reward", "keywords:apple=2=3"],  # README: only a free-text argument holds an '='
+     r"--reward keywords:apple=2=3: keywords's arguments 'apple=2' hold an '='; .*only a free-text argument"),
+    (["generate", "x", "--reward", "topic:,,"], r"--reward topic:,,: Topic: words must be a non-empty list"),
+    (["generate", "x", "--greedy", "-n", "2"], r"--greedy gives one completion per prompt, and -n is 2"),
+    (["demo", "--greedy"], r"--greedy gives one completion per prompt, and -n is 3"),
     (["generate", "x", "--reward", "keywords:apple", "--reward", "keywords:orange"],
      r"--reward keywords:orange: a second reward named 'keywords' \(the first: --reward keywords:apple\); list all"),
     (["generate", "x", "--reward", "ends-with:.", "--reward", "ends-with:!"],
@@ -158,6 +163,33 @@ def test_two_families_of_one_name_in_a_config_are_refused_before_the_model_loads
                                      'name = "sentiment_2"\n')
     with pytest.raises(pytest.fail.Exception, match="the model loaded first"):  # accepted: on to the model
         main(["generate", "x", "--rewards", str(tmp_path / "r.toml")])
+
+
+def test_rewards_config_errors_name_the_file_and_entry_before_the_model_loads(tmp_path, monkeypatch):
+    import proxdecode as pd
+
+    monkeypatch.setattr(pd, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    cfg = tmp_path / "r.toml"
+
+    def refused(*prompts):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", *prompts, "--rewards", str(cfg)])
+        return str(e.value)
+
+    assert refused("x").endswith(f"rewards config {cfg}: no such file")
+    assert f"rewards config {tmp_path}: a folder, not a TOML file" in str(
+        pytest.raises(SystemExit, main, ["generate", "x", "--rewards", str(tmp_path)]).value)
+    cfg.write_bytes(b'[[reward]]\ntype = "sentiment"\nname = "\xff"\n')
+    assert f"rewards config {cfg}: not UTF-8 text" in refused("x")
+    cfg.write_text('[[reward]]\ntype = "topic"\nwords = []\n')
+    assert f"rewards config {cfg}, reward #1: Topic: words must be a non-empty list" in refused("x")
+    cfg.write_text('[[reward]]\ntype = "overlap"\nreferences = ["a b c", "d e f"]\n')
+    assert f"rewards config {cfg}, reward #1: Overlap: references holds 2 texts for 1 prompt(s)" in refused("x")
+    for text in ('[[reward]]\ntype = "overlap"\nreferences = ["a b c", "d e f"]\n',  # one per prompt
+                 '\ufeff[[reward]]\ntype = "sentiment"\n'):  # UTF-8 with a BOM
+        cfg.write_text(text, encoding="utf-8")
+        with pytest.raises(pytest.fail.Exception, match="the model loaded first"):  # accepted: on to the model
+            main(["generate", "x", "y", "--rewards", str(cfg)])
 
 
 def test_a_model_free_family_is_built_once(tmp_path, monkeypatch, tiny):

@@ -63,6 +63,21 @@ def test_reward_function_reads_the_prompts_as_generate_does(tiny):
     assert got == pytest.approx(out.rewards.sum(1).tolist(), abs=1e-6)
 
 
+def test_an_empty_completion_gets_its_terminal_rewards(tiny):
+    """'' does not end with '.', is shorter than 3 tokens, and fn('') is still fn's value."""
+    _, tok = tiny
+    R = pd.rewards
+    fn = reward_function(pd.Rewards(tok, [R.EndsWith("."), R.Length(min_tokens=3),
+                                          R.TextReward(lambda text: len(text) + 0.5, name="chars")]))
+
+    def oracle(text):  # the three rules in plain Python, on the text and its token count
+        n = len(tok.encode(text, add_special_tokens=False))
+        return (0.0 if text.endswith(".") else -1.0) - (n < 3) + len(text) + 0.5
+
+    for texts in ([""], ["", "It is done now.", "x"]):  # all empty (no step at all), and mixed
+        assert fn(prompts=["Hi"] * len(texts), completions=texts) == [oracle(t) for t in texts]
+
+
 def test_reward_function_refuses_model_kinds(tiny):
     _, tok = tiny
     with pytest.raises(ValueError, match="policy's logits"):

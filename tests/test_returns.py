@@ -57,6 +57,13 @@ def test_gae(gamma, lam):
         torch.testing.assert_close(adv[m], (mc - v)[m])
 
 
+def test_no_steps_give_empty_returns_and_advantages():
+    r, m = torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.bool)
+    assert discounted_returns(r, m, 0.9).shape == (3, 0)
+    adv, ret = gae(r, r, m, 0.9, 0.95)
+    assert adv.shape == ret.shape == (3, 0)
+
+
 def test_group_advantages():
     scores = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 0.0, 4.0])
     with pytest.raises(ValueError, match="group_size"):

@@ -11,15 +11,16 @@ TEXTS = ["I ate an apple and an orange.", "Apples and oranges", "An apple a day.
          "applesauce and orangeade.", "No. Not yet", "...", "x"]
 
 
-def teacher_force(rewards, tok, texts, eos=True):
+def teacher_force(rewards, tok, texts, eos=True, **start):
     """Run a RewardRun over given completions: [B, T] per-component rewards incl. terminal.
 
     Two runs side by side: the steering path (the [B, V] ``score``, then ``record``) and the
-    path without steering (each family's ``chosen``); they must record the same rewards."""
+    path without steering (each family's ``chosen``); they must record the same rewards.
+    ``start``: ``Rewards.start``'s keywords (``eos_token_ids``, ``prompts``)."""
     ids = [tok.encode(t, add_special_tokens=False) + ([tok.eos_token_id] if eos else []) for t in texts]
     T = max(map(len, ids))
     B = len(ids)
-    run, fast = rewards.start(len(tok), B, "cpu"), rewards.start(len(tok), B, "cpu")
+    run, fast = rewards.start(len(tok), B, "cpu", **start), rewards.start(len(tok), B, "cpu", **start)
     comps = torch.zeros(len(rewards.names), B, T)
     logits = torch.zeros(B, len(tok))
     for t in range(T):
@@ -170,12 +171,39 @@ def test_bad_reward_arguments(tiny):
         EndsWith("")
     with pytest.raises(ValueError, match="words"):
         Keywords([])
+    with pytest.raises(ValueError, match="Keywords: only_if_ends_with must be None or a non-empty string, got ''"):
+        Keywords(["apple"], only_if_ends_with="")
     with pytest.raises(ValueError, match="duplicate"):
         pd.Rewards(tok, [EndsWith("."), EndsWith("!")])
     with pytest.raises(ValueError, match="at least one"):
         pd.Rewards(tok, [])
     with pytest.raises(TypeError, match="not a proxdecode reward"):
         pd.Rewards(tok, [lambda text: 1.0])
+
+
+def test_weight_is_any_finite_real_number(tiny):
+    """numpy scalars and 0-d tensors are numbers; bools, arrays and non-finite values are not."""
+    import numpy as np
+
+    for w in (np.float32(0.5), np.int64(2), torch.tensor(0.25), torch.tensor(3, dtype=torch.int32), 2, 1.5):
+        assert EndsWith(".", weight=w).weight == float(w)
+        assert type(EndsWith(".", weight=w).weight) is float
+    for w in (True, np.bool_(True), np.float64("nan"), torch.tensor(float("inf")), torch.tensor([1.0]),
+              np.array([0.5]), "1", None, 1j):
+        with pytest.raises(ValueError, match=r"EndsWith: weight must be a finite real number \(Python, numpy"):
+            EndsWith(".", weight=w)
+
+
+def test_start_checks_prompts_and_eos_ids(tiny):
+    _, tok = tiny
+    rewards = pd.Rewards(tok, [EndsWith(".")])
+    for prompts in (0, 4, 2.0, True):
+        with pytest.raises(ValueError, match="prompts must be an int >= 1 dividing the batch of 6 rows"):
+            rewards.start(len(tok), 6, "cpu", prompts=prompts)
+    for eos in ((len(tok),), (-1,), (2.0,), (True,)):
+        with pytest.raises(ValueError, match=rf"eos_token_ids must be token ids in \[0, {len(tok)}\)"):
+            rewards.start(len(tok), 6, "cpu", eos_token_ids=eos)
+    rewards.start(len(tok), 6, "cpu", prompts=3, eos_token_ids=())
 
 
 class Exclaim(pd.rewards.Reward):

@@ -161,6 +161,15 @@ def test_bad_ratings_files_name_path_and_line(tmp_path, lines, message):
     assert str(path) in str(e.value)
 
 
+def test_a_ratings_file_with_a_byte_order_mark(tmp_path):
+    """Windows editors start UTF-8 files with a BOM; it is no part of the first line's JSON."""
+    rows = [{"text": "I like apples.", "rating": 5}, {"text": "Über nothing", "rating": 2}]
+    path = tmp_path / "bom.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8-sig")
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert read_ratings(path) == [(r["text"], float(r["rating"])) for r in rows]
+
+
 def test_missing_ratings_file(tmp_path):
     with pytest.raises(ValueError, match=r"nope\.jsonl: no such file"):
         HumanFeedback.from_ratings(tmp_path / "nope.jsonl")

@@ -52,8 +52,8 @@ def hypotheses(ref):
 PAIRS = [(h, r) for r in (TRANSLATION, SUMMARY) for h in hypotheses(r)]  # 44 (hypothesis, reference)
 
 
-def summed(tok, fam, hyps, eos=True):
-    totals, ids = teacher_force(pd.Rewards(tok, [fam]), tok, hyps, eos)
+def summed(tok, fam, hyps, eos=True, **start):
+    totals, ids = teacher_force(pd.Rewards(tok, [fam]), tok, hyps, eos, **start)
     return totals[fam.name], [i[:-1] if eos else i for i in ids]
 
 
@@ -83,6 +83,49 @@ def test_rewards_sum_to_the_token_level_metric(tiny, kind, n, eos):
     oracle = token_bleu if kind == "bleu" else token_rouge
     want = torch.tensor([oracle(fam, tok, i, r) for i, (_, r) in zip(ids, PAIRS)])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bleu", "rouge"])
+@pytest.mark.parametrize("text,eos", [
+    ("The cat sat on a mat<|im_end|><|im_end|>", None),  # a second EOS pays nothing again
+    ("The cat sat on a mat<|im_end|> and the dog on the mat.", None),  # nor text after the EOS
+    ("a mat<|im_end|> and the cat sat<|endoftext|> on the mat", "<|endoftext|>"),  # the call's EOS, not the tokenizer's
+    ("The cat sat on the mat. on the mat", "."),  # an EOS the metric may count as text
+])
+def test_settled_once_at_the_calls_first_eos(tiny, kind, text, eos):
+    """A row's rewards sum to the metric of its completion: its tokens up to and including
+    the first of the call's EOS ids (the tokenizer's when the call names none)."""
+    _, tok = tiny
+    ref = "The cat sat on the mat."
+    fam = Overlap(ref, kind=kind)
+    eos_ids = (tok.eos_token_id,) if eos is None else tuple(tok.encode(eos, add_special_tokens=False))
+    got, [ids] = summed(tok, fam, [text], eos=False, **({} if eos is None else {"eos_token_ids": eos_ids}))
+    end = next(i + 1 for i, a in enumerate(ids) if a in eos_ids)  # the completion ends at its first EOS
+    assert end < len(ids)  # something follows it that must not count
+    want = (token_bleu if kind == "bleu" else token_rouge)(fam, tok, ids[:end], ref)
+    assert got.item() == pytest.approx(want, abs=1e-6)
+
+
+def test_references_number_one_or_one_per_prompt(tiny):
+    """With num_return_sequences = k the rows of prompt p share reference p; any other count
+    is refused, naming the argument and the counts allowed."""
+    _, tok = tiny
+    refs = ["The cat sat on the mat.", "A dog ran in the park."]
+    fam = Overlap(refs)
+    rewards = pd.Rewards(tok, [fam])
+    ids = tok.encode(refs[0], add_special_tokens=False)  # every row writes reference 0
+    run = rewards.start(len(tok), 4, "cpu", prompts=2)  # 2 prompts x 2 return sequences
+    total = sum(run.record(torch.tensor([a] * 4), torch.ones(4, dtype=torch.bool), torch.zeros(4, len(tok)))
+                for a in ids) + run.terminal(4, "cpu")  # [1, 4]
+    want = [token_bleu(fam, tok, ids, refs[p]) for p in (0, 0, 1, 1)]
+    assert want[0] == pytest.approx(1.0) and want[2] < 0.5
+    torch.testing.assert_close(total[0], torch.tensor(want), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"references holds 2 texts for 1 prompt\(s\); give 1$"):
+        rewards.start(len(tok), 2, "cpu", prompts=1)  # 1 prompt x 2 return sequences
+    with pytest.raises(ValueError, match=r"references holds 2 texts for 3 prompt\(s\); give 1 \(for every row\) "
+                                         r"or 3 \(one per prompt"):
+        rewards.start(len(tok), 6, "cpu", prompts=3)
+    pd.Rewards(tok, [Overlap(refs[0])]).start(len(tok), 6, "cpu", prompts=3)  # one for all: fine
 
 
 def _ranks_and_max(tok, kind, metric):
@@ -184,10 +227,10 @@ def test_bad_input(tiny):
         pd.Rewards(tok, [Overlap("a b", n=3, kind="rouge")])
     enc = tok(["a", "b", "c", "d"], return_tensors="pt")
     rewards = pd.Rewards(tok, [Overlap(["x y", "y z", "z w"])])
-    with pytest.raises(ValueError, match="3 references for a batch of 4 rows"):
+    with pytest.raises(ValueError, match=r"references holds 3 texts for 4 prompt\(s\); give 1 .* or 4"):
         pd.generate(model, **enc, rewards=rewards, max_new_tokens=2)
     rewards = pd.Rewards(tok, [Overlap(["x y", "y z"])])  # 2 references, 4 different prompts
-    with pytest.raises(ValueError, match="2 references for a batch of 4 rows"):
+    with pytest.raises(ValueError, match=r"references holds 2 texts for 4 prompt\(s\)"):
         pd.generate(model, **enc, rewards=rewards, max_new_tokens=2)
     two = tok(["a", "b"], return_tensors="pt")  # 2 prompts x 2 return sequences: fine
     out = pd.generate(model, **two, rewards=rewards, max_new_tokens=2, num_return_sequences=2, do_sample=True)

@@ -33,11 +33,13 @@ TEXTS = [
 CAP_RE = re.compile(r"(?=[.!?][\"')\]\u201d\u2019]*\s+(\S))")
 
 
-def teacher_force(rewards, tok, texts, eos=True, prompts=None, max_new_tokens=0, check=None, vocab=None):
+def teacher_force(rewards, tok, texts, eos=True, prompts=None, max_new_tokens=0, check=None, vocab=None,
+                  eos_ids=None):
     """Run a RewardRun over given completions; per-component totals incl. terminal.
 
     ``prompts`` are left-padded into ``prompt_ids``/``prompt_mask``; ``check(t, dense, ids)``
-    sees every step's ``[B, V]`` weighted reward before the step's tokens are recorded."""
+    sees every step's ``[B, V]`` weighted reward before the step's tokens are recorded;
+    ``eos_ids``: the call's EOS ids (None: the tokenizer's)."""
     ids = [tok.encode(t, add_special_tokens=False) + ([tok.eos_token_id] if eos else []) for t in texts]
     T, B = max(1, max(map(len, ids))), len(ids)
     pids = pmask = None
@@ -47,8 +49,8 @@ def teacher_force(rewards, tok, texts, eos=True, prompts=None, max_new_tokens=0,
         pids = torch.tensor([[tok.pad_token_id] * (P - len(p)) + p for p in penc])
         pmask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in penc])
     V = vocab or len(tok)
-    run = rewards.start(V, B, "cpu", None, pids, pmask, max_new_tokens)
-    fast = rewards.start(V, B, "cpu", None, pids, pmask, max_new_tokens)  # the path without steering
+    run = rewards.start(V, B, "cpu", None, pids, pmask, max_new_tokens, eos_token_ids=eos_ids)
+    fast = rewards.start(V, B, "cpu", None, pids, pmask, max_new_tokens, eos_token_ids=eos_ids)  # no steering
     comps = torch.zeros(len(rewards.names), B, T)
     for t in range(T):
         tokens = torch.tensor([r[t] if t < len(r) else tok.pad_token_id for r in ids])
@@ -81,15 +83,20 @@ def _repeats(seq, n, start=0):
 
 
 def _length(seq, special, lo, hi, eos):
-    count, total = 0, 0
+    """``eos``: the call's EOS ids; the row ends at the first (free past the budget when it
+    adds no text); nothing after it counts."""
+    count, total, last = 0, 0, None
     for a in seq:
         if a in special:
             total -= lo is not None and count < lo
-            total -= hi is not None and count >= hi and a != eos
+            total -= hi is not None and count >= hi and a not in eos
         else:
             total -= hi is not None and count >= hi
             count += 1
-    if lo is not None and count < lo and (not seq or seq[-1] not in special):
+        last = a
+        if a in eos:
+            break
+    if lo is not None and count < lo and last not in special:
         total -= 1
     return total
 
@@ -234,12 +241,27 @@ def test_length_matches_token_count_rule(tiny, lo, hi, eos):
     texts = TEXTS + ["mid<|im_start|>row special", "<|endoftext|>"]
     totals, ids = teacher_force(rewards, tok, texts, eos=eos)
     sp = _specials(tok)
-    assert totals["length"].tolist() == [2.0 * _length(r, sp, lo, hi, tok.eos_token_id) for r in ids]
+    assert totals["length"].tolist() == [2.0 * _length(r, sp, lo, hi, {tok.eos_token_id}) for r in ids]
     # the engine's case, only the final EOS special: -[L < min] - max(0, L - max)
     for b, r in enumerate(ids[: len(TEXTS)]):
         L = len([a for a in r if a not in sp])
         want = -float(lo is not None and L < lo) - (max(0, L - hi) if hi is not None else 0)
         assert totals["length"][b].item() == 2.0 * want, texts[b]
+
+
+@pytest.mark.parametrize("lo,hi", [(5, None), (None, 2), (4, 6)])
+@pytest.mark.parametrize("eos", [None, "<|endoftext|>", "."])
+def test_length_ends_at_the_calls_first_eos(tiny, lo, hi, eos):
+    """The call's EOS ids (the tokenizer's when it names none) end the row: a second EOS, or
+    text after it, scores nothing; the tokenizer's <|im_end|> is an ordinary special token
+    when the call's EOS is another; an EOS that is text (".") counts and pays as text."""
+    _, tok = tiny
+    rewards = pd.Rewards(tok, [Length(min_tokens=lo, max_tokens=hi)])
+    texts = ["Hi<|im_end|><|im_end|>", "Hi there<|im_end|> and more text after it.",
+             "A<|im_end|> long row of words.<|endoftext|> then more words", "One. Two<|endoftext|> three."]
+    eos_ids = {tok.eos_token_id} if eos is None else set(tok.encode(eos, add_special_tokens=False))
+    totals, ids = teacher_force(rewards, tok, texts, eos=False, eos_ids=None if eos is None else tuple(eos_ids))
+    assert totals["length"].tolist() == [_length(r, _specials(tok), lo, hi, eos_ids) for r in ids]
 
 
 # ---------------------------------------------------------------- WordList
@@ -406,7 +428,7 @@ def test_length_steering_shortens(tiny):
     lens = []
     for out in outs:
         rows = _texts(tok, out)
-        want = [float(_length(r, sp, None, 4, tok.eos_token_id)) for r in rows]
+        want = [float(_length(r, sp, None, 4, {tok.eos_token_id})) for r in rows]
         assert out.reward_components["length"].sum(1).tolist() == want
         lens.append(sum(len(r) for r in rows) / len(rows))
     assert lens[1] < lens[0] - 4, lens

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,8 +84,50 @@ def test_text_reward_bad_arguments():
         TextReward("not a function")
     with pytest.raises(ValueError, match="every must be None or an int >= 1"):
         TextReward(len, every=0)
-    with pytest.raises(ValueError, match="weight must be a finite number"):
+    with pytest.raises(ValueError, match="weight must be a finite real number"):
         TextReward(len, weight=math.inf)
+
+
+def test_every_text_reward_runs_when_one_fails(tiny):
+    """A failing text family is NaN; the others still run (a 0 would pass for a score); the
+    first failure is raised and names the others that failed."""
+    model, tok = tiny
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+
+    def bad(text):
+        raise KeyError("boom")
+
+    def worse(text):
+        return float("inf")
+
+    def good(text):
+        return len(text) / 10
+
+    rewards = pd.Rewards(tok, [TextReward(bad), TextReward(good), TextReward(worse)])
+    with pytest.raises(RewardError, match=r"TextReward 'bad' raised KeyError.*; the text rewards 'worse' failed too"):
+        pd.generate(model, **enc, rewards=rewards, seed=0, **SAMPLE)
+    rewards = pd.Rewards(tok, [TextReward(bad), TextReward(good)])
+    with pytest.raises(RewardError) as err:
+        pd.generate(model, **enc, rewards=rewards, seed=0, **SAMPLE)
+    assert "failed too" not in str(err.value)
+    kept = err.value.rollout
+    assert torch.isnan(kept.reward_components["bad"]).all()
+    want = [good(t) for t in completions(tok, kept)]  # the plain loop over the decoded completions
+    assert kept.reward_components["good"].sum(1).tolist() == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("number", [np.float32, np.int64, torch.tensor, lambda v: torch.tensor(v, dtype=torch.int32)])
+def test_text_reward_takes_numpy_and_0d_tensor_values(tiny, number):
+    model, tok = tiny
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    rewards = pd.Rewards(tok, [TextReward(lambda text: number(len(text.split())), name="words")])
+    out = pd.generate(model, **enc, rewards=rewards, seed=0, **SAMPLE)
+    want = [float(len(t.split())) for t in completions(tok, out)]
+    assert out.reward_components["words"].sum(1).tolist() == want
+    for value in (torch.tensor([1.0]), np.float64("nan"), np.bool_(True)):
+        rewards = pd.Rewards(tok, [TextReward(lambda text: value, name="odd")])
+        with pytest.raises(RewardError, match=r"TextReward 'odd' returned .* it must return a finite real number"):
+            pd.generate(model, **enc, rewards=rewards, seed=0, max_new_tokens=2, do_sample=True)
 
 
 def teacher_forced_logprobs(model, seqs, attention, P):
@@ -180,6 +223,10 @@ def test_registry_builds_families_by_name_and_from_toml(tiny, tmp_path):
     ('[[reward]]\ntype = "kl"\nreference = true\n', "kl's reference must be a model folder, got True"),
     ('[[reward]]\ntype = "human"\nratings = 5\n', "human's ratings must be a ratings file, got 5"),
     ('[[reward]]\ntype = "topic"\nwords = ["x"]\nembeddings = [[1.0]]\n', "embeddings must be a \\[V, D\\] tensor"),
+    # families that take a model: built with stand-ins for it, before any model loads
+    ('[[reward]]\ntype = "topic"\nwords = []\n', r"reward #1: Topic: words must be a non-empty list"),
+    ('[[reward]]\ntype = "kl"\nreference = "."\ncoef = -1.0\n',
+     r"reward #1: KLPenalty: coef must be a finite number >= 0"),
 ])
 def test_bad_reward_configs(tmp_path, text, match):
     cfg = tmp_path / "rewards.toml"

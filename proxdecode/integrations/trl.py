@@ -26,7 +26,9 @@ import torch
 def score_completions(rewards, completion_ids: list[list[int]], prompts=None) -> torch.Tensor:
     """``[N]`` summed reward of each completion (token ids), by teacher forcing after its
     prompt: ``prompts`` as TRL passes them (strings, or chat messages, templated with the
-    generation prompt as TRL templates them), or None for families that need none."""
+    generation prompt as TRL templates them), or None for families that need none. An
+    empty completion still gets the families' terminal values (``EndsWith``'s -1, a
+    ``TextReward``'s ``fn("")``)."""
     tok = rewards.tokenizer
     N, T = len(completion_ids), max((len(c) for c in completion_ids), default=0)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -49,11 +51,9 @@ def score_completions(rewards, completion_ids: list[list[int]], prompts=None) ->
     zeros = torch.zeros(N, vocab)
     for t in range(T):  # nothing steers: each family's chosen-token path
         comps[:, :, t] = run.record(tokens[:, t], mask[:, t], zeros)
-    if T:
-        last = (mask.sum(1) - 1).clamp(min=0)
-        comps.scatter_add_(2, last[None, :, None].expand(len(rewards.names), N, 1),
-                           (run.terminal(N, "cpu") * mask.any(1))[:, :, None])
-        run.finish(comps, tokens, mask)
+    last = (mask.sum(1) - 1).clamp(min=0)  # [N] an empty completion's terminal goes at position 0
+    comps.scatter_add_(2, last[None, :, None].expand(len(rewards.names), N, 1), run.terminal(N, "cpu")[:, :, None])
+    run.finish(comps, tokens, mask)
     return comps.sum(0).sum(1)  # [N]
 
 

@@ -26,11 +26,34 @@ reward functions do; the prompt is context, not output.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
 _STRINGS_CACHE: dict[int, tuple[object, list[str], torch.Tensor]] = {}
+
+
+class RewardError(ValueError):
+    """A reward failed on a finished rollout. ``rollout`` holds everything else it computed
+    (the failing families' components are NaN), so no generation work is lost."""
+
+    def __init__(self, message: str, rollout=None):
+        super().__init__(message)
+        self.rollout = rollout
+
+
+def finite_number(value) -> float | None:
+    """``value`` as a float when it is a finite real number (a Python or numpy scalar, any
+    ``numbers.Real``, or a 0-d real tensor; never a bool), else None."""
+    if isinstance(value, torch.Tensor):
+        real = value.ndim == 0 and value.dtype != torch.bool and not value.dtype.is_complex
+    else:
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def token_strings(tokenizer) -> tuple[list[str], torch.Tensor]:
@@ -57,7 +80,8 @@ class Reward:
         bind(tokenizer): build CPU tables once, when the family joins a ``Rewards``.
         table() -> [V]: kind "table" only.
         init(ctx) -> state: kinds "state" and "model"; ``ctx`` is a ``RewardContext``
-            (batch, device, the ``[B, P]`` prompts and their mask, the vocabulary width).
+            (batch, device, the ``[B, P]`` prompts and their mask, the vocabulary width, how
+            many prompts the rows repeat, the call's EOS ids).
         score(state, logits) -> [B, V]: unweighted reward of every candidate.
         update(state, tokens, alive) -> None: advance the state in place with ``[B]`` tokens;
             called after the same step's ``score`` when one ran (it may reuse what ``score``
@@ -80,9 +104,10 @@ class Reward:
     traceable = True
 
     def __init__(self, weight: float = 1.0, name: str | None = None):
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise ValueError(f"{type(self).__name__}: weight must be a finite number, got {weight!r}")
-        self.weight = float(weight)
+        self.weight = finite_number(weight)
+        if self.weight is None:
+            raise ValueError(f"{type(self).__name__}: weight must be a finite real number (Python, numpy "
+                             f"or a 0-d tensor), got {weight!r}")
         self.name = name or self.default_name
 
     def _flags(self, **flags: bool) -> None:
@@ -129,6 +154,8 @@ class RewardContext:
     prompt_mask: torch.Tensor | None = None  # [B, P] 0 on padding
     max_new_tokens: int = 0  # steps this call may run
     linear: str = "torch"  # how a reference model's linear layers run: the policy's choice
+    prompts: int | None = None  # prompts before num_return_sequences (rows b*k..b*k+k-1 share one); None: batch
+    eos_token_ids: tuple[int, ...] = ()  # the call's EOS ids (choosing one ends the row)
 
 
 @dataclass
@@ -173,8 +200,25 @@ class Rewards:
         return [f.name for f in self.families]
 
     def start(self, model_vocab: int, batch: int, device, tokenizer=None,
-              prompt_ids=None, prompt_mask=None, max_new_tokens: int = 0, linear: str = "torch") -> "RewardRun":
-        """Check this set fits the model, and make the per-call device state."""
+              prompt_ids=None, prompt_mask=None, max_new_tokens: int = 0, linear: str = "torch", *,
+              prompts: int | None = None, eos_token_ids: tuple[int, ...] | None = None) -> "RewardRun":
+        """Check this set fits the model, and make the per-call device state.
+
+        ``prompts``: the number of prompts before ``num_return_sequences`` repeated each
+        (None: ``batch``, one row each); ``eos_token_ids``: the ids that end a row in this
+        call (None: the tokenizer's EOS)."""
+        if prompts is None:
+            prompts = batch
+        elif isinstance(prompts, bool) or not isinstance(prompts, int) or prompts < 1 or batch % prompts:
+            raise ValueError(f"Rewards.start: prompts must be an int >= 1 dividing the batch of {batch} rows, "
+                             f"got {prompts!r}")
+        if eos_token_ids is None:
+            eos = self.tokenizer.eos_token_id
+            eos_token_ids = () if eos is None else (eos,)
+        eos_token_ids = tuple(eos_token_ids)
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < model_vocab for i in eos_token_ids):
+            raise ValueError(f"Rewards.start: eos_token_ids must be token ids in [0, {model_vocab}), "
+                             f"got {eos_token_ids!r}")
         if tokenizer is not None and tokenizer is not self.tokenizer \
                 and tokenizer.get_vocab() != self.tokenizer.get_vocab():
             raise ValueError("rewards were built for another tokenizer than the one passed to generate")
@@ -195,7 +239,7 @@ class Rewards:
         bound = _Bound(self.names, stacked.sum(0) if tables else None, stacked,
                        torch.tensor(pos, dtype=torch.long, device=device), live, text, self.tokenizer)
         ctx = RewardContext(batch, torch.device(device), model_vocab, prompt_ids, prompt_mask,
-                            max_new_tokens, linear)
+                            max_new_tokens, linear, prompts, eos_token_ids)
         return RewardRun(bound, [f.init(ctx) for _, f in live], model_vocab)
 
 
@@ -257,11 +301,22 @@ class RewardRun:
 
     def finish(self, comps: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> None:
         """Fill the text families' rows of ``comps`` ``[F, B, T]`` from the finished completions
-        ``tokens`` ``[B, T]`` (``mask`` False after EOS). On a failure the family's row is
-        NaN and the error (``text.RewardError``) propagates."""
+        ``tokens`` ``[B, T]`` (``mask`` False after EOS). Every text family runs; a failing
+        one's row is NaN, and once all ran the first failure (``RewardError``) is raised,
+        naming the others that failed too."""
+        failed: list[tuple[str, RewardError]] = []
         for i, f in self.b.text:
-            comps[i] = float("nan")
-            comps[i] = f.rewards(self.b.tokenizer, tokens, mask).to(comps.device) * f.weight
+            try:
+                comps[i] = f.rewards(self.b.tokenizer, tokens, mask).to(comps.device) * f.weight  # [B, T]
+            except RewardError as e:
+                comps[i] = float("nan")
+                failed.append((f.name, e))
+        if len(failed) == 1:
+            raise failed[0][1]
+        if failed:
+            others = ", ".join(repr(name) for name, _ in failed[1:])
+            raise RewardError(f"{failed[0][1]}; the text rewards {others} failed too (their components "
+                              f"are NaN as well)") from failed[0][1]
 
     def terminal(self, batch: int, device) -> torch.Tensor:
         """``[F, B]`` weighted terminal rewards from the final state."""

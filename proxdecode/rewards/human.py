@@ -36,7 +36,8 @@ from .base import Reward, token_strings
 
 
 def read_ratings(path) -> list[tuple[str, float]]:
-    """``(text, rating)`` pairs of a ratings JSONL file; blank lines are skipped.
+    """``(text, rating)`` pairs of a ratings JSONL file (UTF-8, a leading BOM allowed); blank
+    lines are skipped.
 
     Raises ValueError naming the file (and the line, ``path:line:``) on a missing or empty
     file, a line that is not JSON, a missing ``text`` or ``rating``, or a rating that is
@@ -47,7 +48,7 @@ def read_ratings(path) -> list[tuple[str, float]]:
         raise ValueError(f"HumanFeedback: ratings file {path}: no such file")
     pairs = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Windows editors) is no text
     except UnicodeDecodeError as e:
         raise ValueError(f"HumanFeedback: ratings file {path}: not UTF-8 text ({e.reason})") from None
     for no, line in enumerate(lines, 1):

@@ -8,9 +8,11 @@ A row's rewards sum to exactly the metric ``M`` of its completion, on tokens (be
 ROUGE-N recall as rouge-score computes it, or sentence BLEU / 100 as sacrebleu's
 ``sentence_bleu`` does (exp smoothing, effective order, brevity penalty). Neither is a sum
 over tokens, so the rewards are shaped with a potential (Ng et al., 1999, as ``rules.py``
-does): a token ``a`` scores ``Phi(s + a) - Phi(s)``, and ``M - Phi`` is settled when the
-row stops, as EOS's score (so steering weighs stopping now) or, for a row that ends any
-other way (length limit, another stop token), as its terminal reward.
+does): a token ``a`` scores ``Phi(s + a) - Phi(s)``, and ``M - Phi`` is settled once, when
+the row stops: as the score of the call's EOS (``generate``'s ``eos_token_id``, so steering
+weighs stopping now) or, for a row that ends any other way (length limit, another stop
+token, an EOS id that is text), as its terminal reward. After that EOS the row is done:
+whatever a caller records for it next (another EOS, more text) scores 0.
 
 ``Phi`` is chosen for steering: for both metrics the mean over orders k = 1..n of
 ``matches_k / D_k`` (clipped matches, as BLEU's modified precision and rouge-score's
@@ -52,7 +54,7 @@ Steering scale: a match earns about ``1 / (n |reference|)``; for ~1 nat per matc
 
 References: one string for all rows, or one per prompt. ``num_return_sequences = k``
 repeats each prompt ``k`` times, so a call has ``prompts * k`` rows and the reference of
-prompt ``p`` serves rows ``p*k .. p*k+k-1`` (checked against the prompts when known).
+prompt ``p`` serves rows ``p*k .. p*k+k-1``; any other count is refused.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class Overlap(Reward):
     """BLEU- or ROUGE-N-shaped reward for overlap with a reference text (module docstring).
 
     Args:
-        references: a string for every row, or a list of strings, one per prompt.
+        references: a string for every row, or a list of strings: one, or one per prompt
+            (shared by the prompt's ``num_return_sequences`` rows).
         n: n-gram order; None for the metric's usual one (4 for BLEU, as sacrebleu; 2 for
             ROUGE-2). The potential uses orders 1..n for both.
         kind: "bleu" (sentence BLEU / 100) or "rouge" (ROUGE-N recall).
@@ -153,9 +156,6 @@ class Overlap(Reward):
         self._break = torch.tensor([bool(s) and not special[i] and not s[-1].isalnum()  # [V] next token
                                     for i, s in enumerate(strings)])  # starts a word
         self._special = special
-        self._eos = torch.zeros(V, dtype=torch.bool)  # [V]
-        if tokenizer.eos_token_id is not None:
-            self._eos[tokenizer.eos_token_id] = True
         # per reference: (length, {order: (prefixes [G, k-1], last classes [G], counts [G],
         #   entries: n-gram [E], token [E], valid at a word start [E], valid inside a word [E])});
         #   an entry is one token that completes the n-gram
@@ -194,37 +194,44 @@ class Overlap(Reward):
             start = bool(self._break[i])
         return out
 
+    def check_prompts(self, prompts: int) -> None:
+        """Refuse a reference count other than 1 or ``prompts`` (one per prompt)."""
+        R = len(self.references)
+        if R not in (1, prompts):
+            allowed = "1" if prompts == 1 else \
+                f"1 (for every row) or {prompts} (one per prompt, shared by its num_return_sequences rows)"
+            raise ValueError(f"Overlap: references holds {R} texts for {prompts} prompt(s); give {allowed}")
+
     def _rows(self, ctx) -> torch.Tensor:
         """``[B]`` reference index of each row (see the module docstring)."""
-        R, B = len(self._refs), ctx.batch
-        if R == 1:
+        B = ctx.batch
+        prompts = B if ctx.prompts is None else ctx.prompts
+        self.check_prompts(prompts)
+        if len(self._refs) == 1:
             return torch.zeros(B, dtype=torch.long)
-        if B % R:
-            raise ValueError(f"Overlap: {R} references for a batch of {B} rows (prompts x "
-                             f"num_return_sequences); give one reference per prompt, or one for all")
-        k = B // R
-        if k > 1 and ctx.prompt_ids is not None:
-            groups = ctx.prompt_ids.reshape(R, k, -1)
-            if not bool((groups == groups[:, :1]).all()):
-                raise ValueError(f"Overlap: {R} references for a batch of {B} rows, but the rows are not "
-                                 f"{R} prompts x num_return_sequences={k} (a group's prompts differ); "
-                                 f"give one reference per prompt, or one for all")
-        return torch.arange(R).repeat_interleave(k)
+        return torch.arange(prompts).repeat_interleave(B // prompts)  # [B]
 
     def init(self, ctx):
         dev, B, rows, V = ctx.device, ctx.batch, self._rows(ctx), ctx.vocab
         extra = V - self._canon.numel()  # the model's padding rows: no text, class 0
-        canon, first, text, brk, eos = (torch.cat([t, t.new_zeros(extra)]) for t in
-                                        (self._canon, self._first, self._text, self._break, self._eos))
-        base = torch.where(eos, 2, text.long())  # [V] 0 adds nothing, 1 text, 2 EOS
+        canon, first, text, brk = (torch.cat([t, t.new_zeros(extra)]) for t in
+                                   (self._canon, self._first, self._text, self._break))
+        eos = torch.zeros(V, dtype=torch.bool)  # [V] the call's EOS ids: choosing one ends the row
+        eos[list(ctx.eos_token_ids)] = True
+        # an EOS that adds nothing settles M - Phi as its score; one the metric counts ("." for
+        # BLEU) scores as text, and the terminal settles
+        settle = eos & ~text  # [V]
+        base = torch.where(settle, 2, text.long())  # [V] 0 adds nothing, 1 text, 2 EOS
         base = F.pad(base, (0, 1))  # [V+1]: a spare column for dead entries
         st = {"canon": canon.to(dev), "first": first.to(dev), "text": text.to(dev), "break": brk.to(dev),
-              "eos": eos.to(dev), "special": torch.cat([self._special, torch.ones(extra, dtype=torch.bool)]).to(dev),
+              "eos": eos.to(dev), "settle": settle.to(dev),
+              "special": torch.cat([self._special, torch.ones(extra, dtype=torch.bool)]).to(dev),
               "start": torch.ones(B, dtype=torch.bool, device=dev),  # [B] the next token starts a word
               "base": base.to(dev), "hist": torch.full((B, self.n - 1), -1, dtype=torch.long, device=dev),
               "len": torch.zeros(B, dtype=torch.long, device=dev),  # [B] tokens counted so far
               "pattern": torch.zeros(B, V + 1, dtype=torch.int32, device=dev),  # [B, V+1] scratch, kept 0
-              "stopped": torch.zeros(B, dtype=torch.bool, device=dev),
+              "stopped": torch.zeros(B, dtype=torch.bool, device=dev),  # [B] chose the call's EOS
+              "settled": torch.zeros(B, dtype=torch.bool, device=dev),  # [B] and its score settled M - Phi
               "pre": [], "last": [], "rem": [], "ent_g": [], "ent_tok": [],
               "ent_start": [], "ent_mid": [], "match": [None] * len(self.orders)}
         for k in self.orders:  # per-reference tables padded to [R, G or E, ...], then one row each
@@ -289,9 +296,10 @@ class Overlap(Reward):
         by_base = torch.stack([torch.zeros_like(stop), gain[:, 0], stop], 1)  # [B, 3]
         out = by_base.index_select(1, st["base"])  # [B, V+1]: every token as pattern 0
         out.scatter_(1, idx, gain.gather(1, pattern))  # the candidates that extend reference n-grams
-        return out[:, :V]  # [B, V]; column V took the dead entries
+        return torch.where(st["stopped"][:, None], 0.0, out[:, :V])  # [B, V]; column V had the dead entries
 
     def update(self, st, tokens, alive):
+        alive = alive & ~st["stopped"]  # [B] a row that chose EOS is done: nothing after it counts
         cls = torch.where(st["start"], st["first"][tokens], st["canon"][tokens])  # [B]
         adds = st["text"][tokens] & alive  # [B] the token adds a counted word piece
         for j, k in enumerate(self.orders):
@@ -303,7 +311,8 @@ class Overlap(Reward):
             st["hist"] = torch.where(adds[:, None], torch.cat([st["hist"][:, 1:], cls[:, None]], 1), st["hist"])
         st["phi"] = self._phi(st["correct"], st["len"], st["ref_grams"])
         st["start"] = torch.where(alive & ~st["special"][tokens], st["break"][tokens], st["start"])
+        st["settled"] |= alive & st["settle"][tokens]
         st["stopped"] |= alive & st["eos"][tokens]
 
     def terminal(self, st):
-        return torch.where(st["stopped"], 0.0, self._metric(st) - st["phi"])  # [B]
+        return torch.where(st["settled"], 0.0, self._metric(st) - st["phi"])  # [B]

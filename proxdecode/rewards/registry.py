@@ -18,7 +18,10 @@ which are checked against the family's constructor before anything runs. ::
 
 Arguments that are models are given as paths (``kl``'s and ``fluency``'s ``reference``)
 or filled in with the policy (``topic``'s embeddings come from the model being decoded).
-In a config file, relative paths are relative to the file's folder.
+In a config file, relative paths are relative to the file's folder. Errors name the entry
+(``--reward topic:,,``, ``rewards config F, reward #2``) and come before any model loads:
+a family that takes a model is first built with stand-ins for its models, which runs its
+own checks of everything else (``topic``'s words, ``kl``'s ``coef``).
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ FAMILIES = {
 }
 
 
-# families whose argument is free text, where an '=' not followed by a number belongs to it
+# families whose argument is free text: the only ones whose argument may hold an '=' (one not
+# followed by a number belongs to it)
 _FREE_TEXT = {"ends-with", "overlap", "fluency", "kl", "human"}
 
 
@@ -137,6 +141,11 @@ def _parameters(kind: str) -> dict[str, inspect.Parameter]:
             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in ("self", "model")}
 
 
+def _named(error: Exception, where: str) -> str:
+    """The error's message, starting with ``where`` (the entry) once."""
+    return str(error) if str(error).startswith(where) else f"{where}: {error}"
+
+
 def build(kind: str, kwargs: dict, model=None, where: str = "reward"):
     """One family from its registry name and keyword arguments (checked against its signature)."""
     from .. import models, rewards
@@ -154,8 +163,8 @@ def build(kind: str, kwargs: dict, model=None, where: str = "reward"):
         kwargs["path"] = kwargs.pop("ratings", None)
     try:
         return factory(**kwargs)
-    except TypeError as e:  # a missing required argument
-        raise ValueError(f"{where}: {kind}: {e}") from e
+    except (TypeError, ValueError) as e:  # a missing required argument, a value it refuses
+        raise ValueError(_named(e, where)) from e
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,17 +207,39 @@ def check_names(entries: list[Entry]) -> None:
 
 def _entry(kind: str, kwargs: dict, where: str) -> Entry:
     """Checked against the signature, then built when the family needs no model (families
-    that take a model or a model path are built later, with it)."""
+    that take a model or a model path are built later, with it; here with stand-ins for the
+    models, so that their other arguments are checked before any model loads)."""
+    from .. import rewards
+
     check(kind, kwargs, where)
-    if kind in ("kl", "fluency", "topic"):
+    try:
+        if kind not in ("kl", "fluency", "topic"):
+            return Entry(kind, kwargs, where, build(kind, kwargs, None, where))
         ref = kwargs.get("reference")
         if isinstance(ref, str) and not Path(ref).is_dir():
-            raise ValueError(f"{where}: reference {ref!r}: no such model folder")
+            raise ValueError(f"reference {ref!r}: no such model folder")
+        stand_in = dict(kwargs)
+        if kind == "topic":
+            stand_in.setdefault("embeddings", torch.zeros(1, 1))  # [V, D]; only bind reads the rows
+        elif ref is not None:
+            stand_in["reference"] = torch.nn.Module()
+        getattr(rewards, FAMILIES[kind][0])(**stand_in)
         return Entry(kind, kwargs, where)
-    try:
-        return Entry(kind, kwargs, where, build(kind, kwargs, None, where))
-    except ValueError as e:
-        raise ValueError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(_named(e, where)) from None
+
+
+def check_prompts(entries: list[Entry], prompts: int) -> None:
+    """What the number of prompts decides, before any model loads: an ``overlap``'s
+    references number 1 or one per prompt."""
+    from .. import rewards
+
+    for e in entries:
+        if isinstance(e.family, rewards.Overlap):
+            try:
+                e.family.check_prompts(prompts)
+            except ValueError as err:
+                raise ValueError(_named(err, e.where)) from None
 
 
 def parse_spec(spec: str) -> Entry:
@@ -226,6 +257,10 @@ def parse_spec(spec: str) -> Entry:
     if name not in FAMILIES:
         raise ValueError(f"{where}: unknown reward {name!r}; known: {', '.join(known())}")
     _, parse, form = FAMILIES[name]
+    if "=" in arg and name not in _FREE_TEXT:
+        raise ValueError(f"{where}: {name}'s arguments {arg!r} hold an '='; the weight is what follows the "
+                         f"last '=', and only a free-text argument (a suffix, a reference text, a path) "
+                         f"may hold one itself (the form is {form})")
     if colon and not arg:
         raise ValueError(f"{where}: nothing after ':' (the form is {form})")
     if arg and parse is None:
@@ -255,9 +290,16 @@ def read_config(path) -> list[Entry]:
 
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; a BOM is no key
     except FileNotFoundError:
         raise ValueError(f"rewards config {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"rewards config {path}: a folder, not a TOML file") from None
+    except OSError as e:
+        raise ValueError(f"rewards config {path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"rewards config {path}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                         f"TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"rewards config {path}: not valid TOML: {e}") from None
     entries = doc.get("reward")

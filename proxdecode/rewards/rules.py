@@ -131,6 +131,9 @@ class Keywords(Reward):
                  ignore_case: bool = False, only_if_ends_with: str | None = None, name: str | None = None):
         super().__init__(weight, name)
         if only_if_ends_with is not None:
+            if not isinstance(only_if_ends_with, str) or not only_if_ends_with:
+                raise ValueError(f"Keywords: only_if_ends_with must be None or a non-empty string, "
+                                 f"got {only_if_ends_with!r}")
             self._gate = EndsWith(only_if_ends_with)  # its tables and state update, not its reward
         words = [words] if isinstance(words, str) else list(words)
         if not words or not all(isinstance(w, str) and w.strip() for w in words):

@@ -164,13 +164,17 @@ class Length(Reward):
       a row that ended short *without* one (out of ``max_new_tokens``, or a stop string)
       gets the -1 as its terminal reward instead, so every too-short completion costs -1
       exactly once;
-    - ``max_tokens``: any token but the tokenizer's EOS chosen once the length has
-      reached ``max_tokens`` scores -1 (EOS scores 0 there), so steering favours stopping
-      and a row pays one per extra token. Other special tokens are not free past the
-      budget: they add no text, but emitting them forever is no way to stop.
+    - ``max_tokens``: any token but the call's EOS (``generate``'s ``eos_token_id``; the
+      tokenizer's when the call names none) chosen once the length has reached
+      ``max_tokens`` scores -1 (EOS scores 0 there), so steering favours stopping and a row
+      pays one per extra token. Other special tokens are not free past the budget: they add
+      no text, but emitting them forever is no way to stop. An EOS id that is text (".")
+      counts and pays as text.
 
-    A row whose only special token is its final EOS (the engine's case) sums to
-    ``-[L < min_tokens] - max(0, L - max_tokens)`` for its ``L`` completion tokens.
+    The call's EOS ends the row: whatever a caller records for it after that (another EOS,
+    more text) scores 0. A row whose only special token is its final EOS (the engine's
+    case) sums to ``-[L < min_tokens] - max(0, L - max_tokens)`` for its ``L`` completion
+    tokens.
     Oracle: that expression in plain Python on the token count (the tests also cover
     special tokens chosen mid-row: each one before ``min_tokens`` costs -1). Tokens are
     the unit on purpose; a budget in words would be ``TextReward``'s job.
@@ -192,17 +196,18 @@ class Length(Reward):
 
     def bind(self, tokenizer) -> None:
         _, self._special = token_strings(tokenizer)
-        self._not_eos = torch.ones_like(self._special)
-        if tokenizer.eos_token_id is not None:
-            self._not_eos[tokenizer.eos_token_id] = False
 
     def init(self, ctx):
         B, dev = ctx.batch, ctx.device
-        return {"special": _pad_vocab(self._special, ctx.vocab, False).to(dev),
-                "not_eos": _pad_vocab(self._not_eos, ctx.vocab, False).to(dev),
-                "text": _pad_vocab(~self._special, ctx.vocab, False).to(dev),  # padding rows: neither
+        special = _pad_vocab(self._special, ctx.vocab, False)  # [V]
+        text = _pad_vocab(~self._special, ctx.vocab, False)  # [V] padding rows: neither
+        eos = torch.zeros(ctx.vocab, dtype=torch.bool)  # [V] the call's EOS ids
+        eos[list(ctx.eos_token_ids)] = True
+        return {"special": special.to(dev), "text": text.to(dev), "eos": eos.to(dev),
+                "over": ((special | text) & ~(eos & special)).to(dev),  # [V] charged past max_tokens
                 "count": torch.zeros(B, dtype=torch.long, device=dev),
-                "last_special": torch.zeros(B, dtype=torch.bool, device=dev)}
+                "last_special": torch.zeros(B, dtype=torch.bool, device=dev),
+                "stopped": torch.zeros(B, dtype=torch.bool, device=dev)}  # [B] chose the call's EOS
 
     def score(self, st, logits):
         count = st["count"][:, None]
@@ -210,13 +215,15 @@ class Length(Reward):
         if self.min_tokens is not None:
             out -= ((count < self.min_tokens) & st["special"][None, :]).float()
         if self.max_tokens is not None:
-            out -= ((count >= self.max_tokens) & st["not_eos"][None, :]).float()
-        return out
+            out -= ((count >= self.max_tokens) & st["over"][None, :]).float()
+        return torch.where(st["stopped"][:, None], 0.0, out)  # [B, V]
 
     def update(self, st, tokens, alive):
+        alive = alive & ~st["stopped"]  # [B] nothing after the row's EOS counts
         sp = st["special"][tokens]
         st["count"] += alive & st["text"][tokens]
         st["last_special"] = torch.where(alive, sp, st["last_special"])
+        st["stopped"] |= alive & st["eos"][tokens]
 
     def terminal(self, st):
         if self.min_tokens is None:

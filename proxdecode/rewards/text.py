@@ -19,20 +19,9 @@ tokens skipped, as TRL's reward functions receive it.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import Reward
-
-
-class RewardError(ValueError):
-    """A reward failed on a finished rollout. ``rollout`` holds everything else it computed
-    (the failing family's component is NaN), so no generation work is lost."""
-
-    def __init__(self, message: str, rollout=None):
-        super().__init__(message)
-        self.rollout = rollout
+from .base import Reward, RewardError, finite_number  # noqa: F401 (RewardError: re-exported)
 
 
 class TextReward(Reward):
@@ -40,10 +29,12 @@ class TextReward(Reward):
 
     Args:
         fn: called with the decoded completion (or a prefix of it); must return a finite
-            number. Runs on the host, once per row (``every=None``) or once per ``every``
-            tokens.
+            real number (a Python or numpy scalar, or a 0-d tensor). Runs on the host, once
+            per row (``every=None``) or once per ``every`` tokens.
         every: None for a terminal reward, or a step count >= 1 for potential differences.
-    Oracle: the rewards of a row sum to ``fn(completion)``.
+    Oracle: the rewards of a row sum to ``fn(completion)`` (an empty completion, as a TRL
+    reward function may get, has ``fn("")`` at position 0). When ``fn`` fails, this family's
+    rewards are NaN, the other text families still run, and ``RewardError`` is raised.
     """
 
     kind = "text"
@@ -63,22 +54,24 @@ class TextReward(Reward):
         except Exception as e:  # the user's function: report which reward and which row
             raise RewardError(f"TextReward {self.name!r} raised {type(e).__name__}: {e} "
                               f"(row {row}, text {text[:60]!r})") from e
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        number = finite_number(value)
+        if number is None:
             raise RewardError(f"TextReward {self.name!r} returned {value!r} for row {row} "
-                              f"(text {text[:60]!r}); it must return a finite number")
-        return float(value)
+                              f"(text {text[:60]!r}); it must return a finite real number (Python, numpy "
+                              f"or a 0-d tensor)")
+        return number
 
     def rewards(self, tokenizer, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` unweighted rewards for the completions ``tokens`` ``[B, T]`` under ``mask``."""
         out = torch.zeros(tokens.shape, dtype=torch.float32)
+        if tokens.shape[1] == 0:  # no step to hold a value (the engine and TRL's scorer give one)
+            return out.to(tokens.device)
         rows, lengths = tokens.cpu().tolist(), mask.sum(1).tolist()
         for b, (row, n) in enumerate(zip(rows, lengths)):
-            if n == 0:
-                continue
             marks = list(range(self.every, n, self.every)) if self.every else []
             prev = 0.0
             for k in marks + [n]:
                 phi = self._phi(tokenizer.decode(row[:k], skip_special_tokens=True), b)
-                out[b, k - 1] = phi - prev
+                out[b, max(k - 1, 0)] = phi - prev  # an empty completion's fn("") at position 0
                 prev = phi
         return out.to(tokens.device)
