@@ -42,10 +42,15 @@ def _make_cache(model, max_len: int, static: bool):
 _LONG_ROPE_HOOKS = ("Phi3ForCausalLM", "PhimoeForCausalLM")
 
 
+def _hf_class(model) -> type:
+    """The class of the HF model that runs (a PEFT wrapper's base model)."""
+    return type(model.get_base_model()) if hasattr(type(model), "get_base_model") else type(model)
+
+
 def builds_own_masks(model) -> bool:
     """Whether the model builds its static-cache attention mask in its own
     ``create_masks_for_generate`` (Bloom's alibi, Gemma 3's images, ...), which pd does not run."""
-    return hasattr(type(model), "create_masks_for_generate")
+    return hasattr(_hf_class(model), "create_masks_for_generate")
 
 
 def check_model(model, length: int, static: bool) -> None:
@@ -60,11 +65,13 @@ def check_model(model, length: int, static: bool) -> None:
     """
     from transformers.generation.utils import GenerationMixin
 
-    cls, name = type(model), type(model).__name__
-    if not cls._supports_default_dynamic_cache():
+    cls = _hf_class(model)
+    name = cls.__name__
+    if not getattr(cls, "_supports_default_dynamic_cache", lambda: True)():
         raise ValueError(f"pd.generate cannot decode with {name}: it keeps its own recurrent state outside HF's "
                          "Cache (its _supports_default_dynamic_cache() is False); use model.generate")
-    if cls.prepare_inputs_for_generation is not GenerationMixin.prepare_inputs_for_generation:
+    own_inputs = getattr(cls, "prepare_inputs_for_generation", None)
+    if own_inputs not in (None, GenerationMixin.prepare_inputs_for_generation):
         limit = getattr(model.config, "original_max_position_embeddings", None)
         if name not in _LONG_ROPE_HOOKS or (limit is not None and length > limit):
             where = f" past its original_max_position_embeddings={limit}" if name in _LONG_ROPE_HOOKS else ""

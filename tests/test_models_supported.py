@@ -86,3 +86,25 @@ def test_phi3s_long_rope_hook_is_inert_within_its_original_length(monkeypatch):
     with pytest.raises(ValueError, match="Phi3ForCausalLM past its original_max_position_embeddings=16"):
         pd.generate(model, IDS, MASK, max_new_tokens=10, do_sample=False)
     assert not calls
+
+
+def test_a_wrapper_is_judged_by_the_model_it_runs(tiny):
+    """A PEFT-style wrapper (``get_base_model``) has its own generation hooks that defer to
+    the base model: the base model's class decides."""
+    from proxdecode.decoder import check_model
+
+    class Wrapper(torch.nn.Module):  # what PeftModelForCausalLM looks like to pd
+        def __init__(self, base):
+            super().__init__()
+            self.base, self.config = base, base.config
+
+        def get_base_model(self):
+            return self.base
+
+        def prepare_inputs_for_generation(self, *args, **kwargs):
+            return self.base.prepare_inputs_for_generation(*args, **kwargs)
+
+    check_model(Wrapper(tiny[0]), 16, static=True)
+    mamba = _tiny(T.MambaConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, state_size=8))
+    with pytest.raises(ValueError, match="cannot decode with MambaForCausalLM"):
+        check_model(Wrapper(mamba), 16, static=False)
