@@ -94,8 +94,9 @@ class DecodeConfig:
     min_p: float
     repetition_penalty: float
     eos_token_ids: tuple[int, ...]  # the config's: hidden while min_new_tokens is not reached
-    stop_token_ids: tuple[int, ...]  # what ends a row (HF's EosTokenCriteria); none: nothing is padded
-    pad_token_id: int | None  # written after a row's end (and what an inferred mask hides); None: no EOS
+    stop_token_ids: tuple[int, ...]  # the ids that end a row (HF's EosTokenCriteria: the config's or a caller's)
+    pads: bool  # a stopped row gets pad_token_id (HF: when a criterion can stop at EOS); else it keeps its tokens
+    pad_token_id: int | None  # written after a row's end, and what an inferred mask hides
     num_return_sequences: int
     return_dict_in_generate: bool
     output_scores: bool
@@ -210,8 +211,12 @@ class DecodeConfig:
         pad = gc.pad_token_id
         if pad is not None and (isinstance(pad, bool) or not isinstance(as_int_ids(pad), int)):
             raise ValueError(f"pad_token_id must be an integer, got {pad!r}")
-        pad = eos_ids[0] if pad is None and eos_ids else pad  # HF's fallback; None: nothing is ever padded
-        if pad is None and stop_ids:
+        pad = eos_ids[0] if pad is None and eos_ids else pad  # HF's fallback
+        # HF pads a stopped row only when some criterion can stop rows at EOS (its EosTokenCriteria,
+        # made for any eos_token_id that is not None, or a caller's criterion with eos_token_id)
+        criteria = kwargs.get("stopping_criteria") or ()
+        pads = gc.eos_token_id is not None or any(hasattr(c, "eos_token_id") for c in criteria)
+        if pad is None and pads:
             raise ValueError("pad_token_id is unset and the config has no eos_token_id to pad with")
         stop_strings = gc.stop_strings
         stop_strings = () if stop_strings is None else (
@@ -260,7 +265,7 @@ class DecodeConfig:
             max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
             min_p=float(min_p), repetition_penalty=float(rp), eos_token_ids=eos_ids, stop_token_ids=stop_ids,
-            pad_token_id=None if pad is None else as_int_ids(pad), num_return_sequences=int(n_ret),
+            pads=pads, pad_token_id=None if pad is None else as_int_ids(pad), num_return_sequences=int(n_ret),
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), output_logits=bool(gc.output_logits),
             output_hidden_states=bool(gc.output_hidden_states), output_attentions=bool(gc.output_attentions),

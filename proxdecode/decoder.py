@@ -37,20 +37,25 @@ def _make_cache(model, max_len: int, static: bool):
     return DynamicCache(config=model.config.get_text_config(decoder=True))
 
 
-# models whose own prepare_inputs_for_generation changes nothing while the sequence stays
-# within config.original_max_position_embeddings (it then switches rope and drops the cache)
+# Generation hooks of HF models that change nothing in pd's calls (text only, no token types):
+# Phi-3's acts only past config.original_max_position_embeddings (it switches rope and drops
+# the cache); these pass or drop image / token-type inputs; these build HF's generic mask
 _LONG_ROPE_HOOKS = ("Phi3ForCausalLM", "PhimoeForCausalLM")
+_TOKEN_TYPE_HOOKS = ("Gemma3ForConditionalGeneration", "Gemma4ForConditionalGeneration", "CTRLLMHeadModel")
+_GENERIC_MASK_HOOKS = ("DogeForCausalLM", "Gemma3ForConditionalGeneration")
 
 
-def _hf_class(model) -> type:
-    """The class of the HF model that runs (a PEFT wrapper's base model)."""
-    return type(model.get_base_model()) if hasattr(type(model), "get_base_model") else type(model)
+def _hf_model(model):
+    """The HF model that runs (a PEFT wrapper's base model)."""
+    return model.get_base_model() if hasattr(type(model), "get_base_model") else model
 
 
 def builds_own_masks(model) -> bool:
     """Whether the model builds its static-cache attention mask in its own
-    ``create_masks_for_generate`` (Bloom's alibi, Gemma 3's images, ...), which pd does not run."""
-    return hasattr(_hf_class(model), "create_masks_for_generate")
+    ``create_masks_for_generate`` other than HF's generic one (Bloom's alibi needs a 2-D
+    mask), which pd does not run."""
+    cls = type(_hf_model(model))
+    return hasattr(cls, "create_masks_for_generate") and cls.__name__ not in _GENERIC_MASK_HOOKS
 
 
 def check_model(model, length: int, static: bool) -> None:
@@ -65,15 +70,16 @@ def check_model(model, length: int, static: bool) -> None:
     """
     from transformers.generation.utils import GenerationMixin
 
-    cls = _hf_class(model)
-    name = cls.__name__
-    if not getattr(cls, "_supports_default_dynamic_cache", lambda: True)():
+    hf = _hf_model(model)
+    name = type(hf).__name__
+    if not getattr(hf, "_supports_default_dynamic_cache", lambda: True)():  # HF calls it on the model
         raise ValueError(f"pd.generate cannot decode with {name}: it keeps its own recurrent state outside HF's "
                          "Cache (its _supports_default_dynamic_cache() is False); use model.generate")
-    own_inputs = getattr(cls, "prepare_inputs_for_generation", None)
-    if own_inputs not in (None, GenerationMixin.prepare_inputs_for_generation):
+    own_inputs = getattr(type(hf), "prepare_inputs_for_generation", None)
+    if own_inputs not in (None, GenerationMixin.prepare_inputs_for_generation) and name not in _TOKEN_TYPE_HOOKS:
         limit = getattr(model.config, "original_max_position_embeddings", None)
-        if name not in _LONG_ROPE_HOOKS or (limit is not None and length > limit):
+        # HF's hook acts once the ids it is given, P + t < P + T of them, exceed the limit
+        if name not in _LONG_ROPE_HOOKS or (limit is not None and length - 1 > limit):
             where = f" past its original_max_position_embeddings={limit}" if name in _LONG_ROPE_HOOKS else ""
             raise ValueError(f"pd.generate cannot decode with {name}{where}: its prepare_inputs_for_generation "
                              "builds its own inputs each step, which pd's decoder does not run; use model.generate")

@@ -117,7 +117,7 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
         scores = torch.log_softmax(scores, dim=-1)
     buf.first_bad.copy_(torch.where(buf.alive & ~so.valid & (buf.first_bad < 0), t, buf.first_bad))
     # [B]; HF pads a finished row only when EOS can end one; else it keeps its tokens
-    tok = torch.where(buf.alive, so.tokens, cfg.pad_token_id) if cfg.stop_token_ids else so.tokens
+    tok = torch.where(buf.alive, so.tokens, cfg.pad_token_id) if cfg.pads else so.tokens
     _put(buf.seqs, 1, buf.P + t, tok)
     _put(buf.out_mask, 1, t, buf.alive)
     _put(buf.logprobs, 1, t, torch.where(buf.alive, so.logprobs, 0.0))

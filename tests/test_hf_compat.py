@@ -201,20 +201,38 @@ def test_attentions_with_the_static_cache_and_without_a_cache(enc):
         pd.generate(model, **enc, **args, use_cache=False)
 
 
-def _free_run(model, enc, n=8):
+def _free_run(model, enc, n=10):
     """HF's greedy tokens without any EOS: the ids a test can make stop a row where it wants."""
     P = enc["input_ids"].shape[1]
     return model.generate(**enc, max_new_tokens=n, eos_token_id=None, pad_token_id=0)[:, P:]
 
 
+def _first_new(free, row, at):
+    """An id that row ``row`` first says at step ``at`` or later, and the other row never."""
+    for j in range(at, free.shape[1]):
+        t = int(free[row, j])
+        if t not in free[row, :j].tolist() and t not in free[1 - row].tolist():
+            return t
+    raise AssertionError(f"no new id in row {row} from step {at}: {free.tolist()}")
+
+
+@pytest.fixture(scope="module")
+def chat(real):
+    """Two prompts whose greedy continuations differ token by token (the tiny random model
+    repeats one token a row): where a row stops is then a real choice."""
+    _, tok = real
+    return tok(["The capital of France is", "Once upon a time, in a land far away,"], return_tensors="pt",
+               padding=True)
+
+
 @pytest.mark.parametrize("form", [int, np.int64, torch.tensor, lambda i: torch.tensor([i, 0])],
                          ids=["int", "numpy", "0-d tensor", "1-d tensor"])
-def test_eos_token_id_in_hfs_forms(tiny, enc, form):
-    model, _ = tiny
-    eos = int(_free_run(model, enc)[1, 3])  # row 1 ends at its 4th token
-    hf = model.generate(**enc, max_new_tokens=8, eos_token_id=form(eos), pad_token_id=0)
-    assert (hf[1, -4:] == 0).all()
-    _same(pd.generate(model, **enc, max_new_tokens=8, eos_token_id=form(eos), pad_token_id=0), hf)
+def test_eos_token_id_in_hfs_forms(real, chat, form):
+    model, _ = real
+    eos = _first_new(_free_run(model, chat), 1, 3)  # row 1 ends at its 4th token or later
+    hf = model.generate(**chat, max_new_tokens=10, eos_token_id=form(eos), pad_token_id=0)
+    assert (hf[1, -1] == 0) and (hf[0, -1] != 0)  # row 1 padded after its EOS, row 0 went on
+    _same(pd.generate(model, **chat, max_new_tokens=10, eos_token_id=form(eos), pad_token_id=0), hf)
 
 
 @pytest.mark.parametrize("kw, says", [
@@ -245,19 +263,18 @@ def test_numpy_and_tensor_steer_are_numbers(tiny, enc):
         _same(pd.generate(model, **enc, max_new_tokens=4, rewards=rewards, steer=steer, seed=0).tokens, ref.tokens)
 
 
-def test_a_callers_eos_criteria_replaces_the_configs_eos_as_in_hf(tiny, enc):
+def test_a_callers_eos_criteria_replaces_the_configs_eos_as_in_hf(real, chat):
     """HF keeps a caller's EosTokenCriteria instead of its own: rows end at its ids, not the
     config's (which still hides EOS under min_new_tokens)."""
-    model, _ = tiny
-    free = _free_run(model, enc)
-    config_eos, criteria_eos = int(free[0, 2]), int(free[1, 4])
-    assert config_eos not in free[1, :5].tolist() and criteria_eos not in free[0, :3].tolist()
-    kw = dict(max_new_tokens=8, eos_token_id=config_eos, pad_token_id=0,
+    model, _ = real
+    free = _free_run(model, chat)
+    config_eos, criteria_eos = _first_new(free, 0, 2), _first_new(free, 1, 4)
+    kw = dict(max_new_tokens=10, eos_token_id=config_eos, pad_token_id=0,
               stopping_criteria=StoppingCriteriaList([EosTokenCriteria(criteria_eos)]))
-    hf = model.generate(**enc, **kw)
-    assert (hf != model.generate(**enc, max_new_tokens=8, eos_token_id=config_eos, pad_token_id=0)).any()
-    _same(pd.generate(model, **enc, **kw), hf)
-    _same(pd.generate(model, **enc, **kw, min_new_tokens=4), model.generate(**enc, **kw, min_new_tokens=4))
+    hf = model.generate(**chat, **kw)
+    assert (hf != model.generate(**chat, max_new_tokens=10, eos_token_id=config_eos, pad_token_id=0)).any()
+    _same(pd.generate(model, **chat, **kw), hf)
+    _same(pd.generate(model, **chat, **kw, min_new_tokens=4), model.generate(**chat, **kw, min_new_tokens=4))
 
 
 class _StopRowZero(StoppingCriteria):
@@ -284,3 +301,22 @@ def test_without_eos_a_stopped_row_keeps_its_tokens_as_in_hf(tiny, enc, pad):
     out = pd.generate(model, **enc, **kw, return_dict_in_generate=True)
     _same(out.sequences, hf)
     assert out.mask[0].tolist() == [True, True] + [False] * 4  # the rollout still knows where it stopped
+
+
+class _EosSubclass(EosTokenCriteria):
+    """Not HF's own type: added to HF's list, replacing nothing."""
+
+
+@pytest.mark.parametrize("kw", [dict(eos_token_id=[]), dict(eos_token_id=None, extra=_EosSubclass([10**4]))],
+                         ids=["empty eos list", "a criterion with eos_token_id"])
+def test_a_stopped_row_is_padded_when_hf_has_an_eos_criterion(tiny, enc, kw):
+    """HF pads once any criterion has an ``eos_token_id`` (its own, made even for an empty
+    list, or a caller's), whether or not it is what stopped the row."""
+    model, _ = tiny
+    P = enc["input_ids"].shape[1]
+    kw = dict(kw)
+    criteria = [_StopRowZero(P, 2)] + ([kw.pop("extra")] if "extra" in kw else [])
+    args = dict(max_new_tokens=6, pad_token_id=5, stopping_criteria=criteria, **kw)
+    hf = model.generate(**enc, **args)
+    assert (hf[0, P + 2:] == 5).all()
+    _same(pd.generate(model, **enc, **args), hf)

@@ -75,17 +75,61 @@ def test_a_model_that_builds_its_own_static_mask_gets_the_dynamic_cache(monkeypa
 
 
 def test_phi3s_long_rope_hook_is_inert_within_its_original_length(monkeypatch):
-    """Phi-3's prepare_inputs_for_generation only acts past original_max_position_embeddings."""
+    """Phi-3's prepare_inputs_for_generation acts once it is given more ids than
+    original_max_position_embeddings: the last forward of P + T tokens gets P + T - 1."""
     config = T.Phi3Config(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                           original_max_position_embeddings=16, pad_token_id=0)
     model = _tiny(config)
-    hf = model.generate(IDS, attention_mask=MASK, max_new_tokens=9, do_sample=False)
-    assert torch.equal(pd.generate(model, IDS, MASK, max_new_tokens=9, do_sample=False), hf)
+    hf = model.generate(IDS, attention_mask=MASK, max_new_tokens=10, do_sample=False)  # 7 + 10 - 1 = 16
+    assert torch.equal(pd.generate(model, IDS, MASK, max_new_tokens=10, do_sample=False), hf)
     calls = _forwards(model, monkeypatch)
     with pytest.raises(ValueError, match="Phi3ForCausalLM past its original_max_position_embeddings=16"):
-        pd.generate(model, IDS, MASK, max_new_tokens=10, do_sample=False)
+        pd.generate(model, IDS, MASK, max_new_tokens=11, do_sample=False)
     assert not calls
+
+
+_SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+               patch_size=14)
+_GEMMA3_TEXT = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                    layer_types=["sliding_attention", "full_attention"])
+
+
+@pytest.mark.parametrize("config", [
+    T.Gemma3Config(text_config=_GEMMA3_TEXT, vision_config=_SIGLIP, mm_tokens_per_image=4, image_token_index=999,
+                   boi_token_index=998, eoi_token_index=997),
+    T.CTRLConfig(vocab_size=1000, n_embd=64, n_layer=2, n_head=4, dff=128),
+    T.DogeConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+], ids=["gemma3 image-text", "ctrl", "doge"])
+@pytest.mark.parametrize("cache", [None, "static"])
+def test_hooks_that_change_nothing_in_a_text_call_are_accepted(config, cache):
+    """Gemma 3's and CTRL's own prepare_inputs_for_generation only pass or drop token types;
+    Doge's and Gemma 3's create_masks_for_generate is HF's generic mask."""
+    cls = T.Gemma3ForConditionalGeneration if isinstance(config, T.Gemma3Config) else T.AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = (cls(config) if cls is T.Gemma3ForConditionalGeneration else cls.from_config(config)).eval()
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+    mask = MASK.clone()
+    mask[0, :2] = 0  # left padding
+    kw = dict(max_new_tokens=8, do_sample=False, cache_implementation=cache)
+    assert torch.equal(pd.generate(model, IDS, mask, **kw), model.generate(IDS, attention_mask=mask, **kw))
+
+
+def test_a_models_own_supports_default_dynamic_cache_is_asked_as_hf_asks_it():
+    """HF calls it on the model: remote-code models define it as an instance method."""
+    class MyLlama(T.LlamaForCausalLM):
+        def _supports_default_dynamic_cache(self):
+            return True
+
+    config = T.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = MyLlama(config).eval()
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+    hf = model.generate(IDS, attention_mask=MASK, max_new_tokens=4, do_sample=False)
+    assert torch.equal(pd.generate(model, IDS, MASK, max_new_tokens=4, do_sample=False), hf)
 
 
 def test_a_wrapper_is_judged_by_the_model_it_runs(tiny):
