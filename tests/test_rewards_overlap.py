@@ -122,10 +122,19 @@ def test_references_number_one_or_one_per_prompt(tiny):
     torch.testing.assert_close(total[0], torch.tensor(want), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"references holds 2 texts for 1 prompt\(s\); give 1$"):
         rewards.start(len(tok), 2, "cpu", prompts=1)  # 1 prompt x 2 return sequences
-    with pytest.raises(ValueError, match=r"references holds 2 texts for 3 prompt\(s\); give 1 \(for every row\) "
-                                         r"or 3 \(one per prompt"):
+    with pytest.raises(ValueError, match=r"references holds 2 texts for 3 prompt\(s\); give 1 \(for every row\), "
+                                         r"3 \(one per prompt.* or one per run of identical prompts"):
         rewards.start(len(tok), 6, "cpu", prompts=3)
     pd.Rewards(tok, [Overlap(refs[0])]).start(len(tok), 6, "cpu", prompts=3)  # one for all: fine
+    # prompts the caller repeated (as trainers do): one reference per run of identical prompts
+    same = tok(["Translate:", "Translate:", "Summarise it:", "Summarise it:"], return_tensors="pt", padding=True)
+    run = rewards.start(len(tok), 4, "cpu", prompt_ids=same["input_ids"], prompt_mask=same["attention_mask"], prompts=4)
+    total = sum(run.record(torch.tensor([a] * 4), torch.ones(4, dtype=torch.bool), torch.zeros(4, len(tok)))
+                for a in ids) + run.terminal(4, "cpu")  # [1, 4]
+    torch.testing.assert_close(total[0], torch.tensor(want), atol=1e-5, rtol=1e-5)
+    mixed = same["input_ids"][[0, 2, 1, 3]]  # [4, P]
+    with pytest.raises(ValueError, match="the prompts are not 2 runs of one repeated prompt each"):
+        rewards.start(len(tok), 4, "cpu", prompt_ids=mixed, prompt_mask=same["attention_mask"], prompts=4)
 
 
 def _ranks_and_max(tok, kind, metric):
@@ -227,10 +236,11 @@ def test_bad_input(tiny):
         pd.Rewards(tok, [Overlap("a b", n=3, kind="rouge")])
     enc = tok(["a", "b", "c", "d"], return_tensors="pt")
     rewards = pd.Rewards(tok, [Overlap(["x y", "y z", "z w"])])
-    with pytest.raises(ValueError, match=r"references holds 3 texts for 4 prompt\(s\); give 1 .* or 4"):
+    says = r"references holds 3 texts for 4 prompt\(s\); give 1 .*, 4 .*\(a count dividing 4\)"
+    with pytest.raises(ValueError, match=says):
         pd.generate(model, **enc, rewards=rewards, max_new_tokens=2)
     rewards = pd.Rewards(tok, [Overlap(["x y", "y z"])])  # 2 references, 4 different prompts
-    with pytest.raises(ValueError, match=r"references holds 2 texts for 4 prompt\(s\)"):
+    with pytest.raises(ValueError, match=r"2 references for 4 prompts, but the prompts are not 2 runs of one"):
         pd.generate(model, **enc, rewards=rewards, max_new_tokens=2)
     two = tok(["a", "b"], return_tensors="pt")  # 2 prompts x 2 return sequences: fine
     out = pd.generate(model, **two, rewards=rewards, max_new_tokens=2, num_return_sequences=2, do_sample=True)

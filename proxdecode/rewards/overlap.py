@@ -54,7 +54,9 @@ Steering scale: a match earns about ``1 / (n |reference|)``; for ~1 nat per matc
 
 References: one string for all rows, or one per prompt. ``num_return_sequences = k``
 repeats each prompt ``k`` times, so a call has ``prompts * k`` rows and the reference of
-prompt ``p`` serves rows ``p*k .. p*k+k-1``; any other count is refused.
+prompt ``p`` serves rows ``p*k .. p*k+k-1``. Prompts the caller repeated themselves may share one
+too: ``R`` references for ``prompts`` a multiple of ``R`` serve runs of identical prompts
+(checked); any other count is refused.
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ class Overlap(Reward):
     """BLEU- or ROUGE-N-shaped reward for overlap with a reference text (module docstring).
 
     Args:
-        references: a string for every row, or a list of strings: one, or one per prompt
-            (shared by the prompt's ``num_return_sequences`` rows).
+        references: a string for every row, or a list of strings: one, one per prompt
+            (shared by the prompt's ``num_return_sequences`` rows), or one per run of
+            identical prompts the caller repeated.
         n: n-gram order; None for the metric's usual one (4 for BLEU, as sacrebleu; 2 for
             ROUGE-2). The potential uses orders 1..n for both.
         kind: "bleu" (sentence BLEU / 100) or "rouge" (ROUGE-N recall).
@@ -195,11 +198,13 @@ class Overlap(Reward):
         return out
 
     def check_prompts(self, prompts: int) -> None:
-        """Refuse a reference count other than 1 or ``prompts`` (one per prompt)."""
+        """Refuse a reference count that cannot split the prompts: 1, one per prompt, or one
+        per run of repeated prompts (a count dividing theirs; ``init`` checks the runs)."""
         R = len(self.references)
-        if R not in (1, prompts):
+        if R != 1 and prompts % R:
             allowed = "1" if prompts == 1 else \
-                f"1 (for every row) or {prompts} (one per prompt, shared by its num_return_sequences rows)"
+                f"1 (for every row), {prompts} (one per prompt, shared by its num_return_sequences rows) or " \
+                f"one per run of identical prompts (a count dividing {prompts})"
             raise ValueError(f"Overlap: references holds {R} texts for {prompts} prompt(s); give {allowed}")
 
     def _rows(self, ctx) -> torch.Tensor:
@@ -207,9 +212,16 @@ class Overlap(Reward):
         B = ctx.batch
         prompts = B if ctx.prompts is None else ctx.prompts
         self.check_prompts(prompts)
-        if len(self._refs) == 1:
+        R = len(self._refs)
+        if R == 1:
             return torch.zeros(B, dtype=torch.long)
-        return torch.arange(prompts).repeat_interleave(B // prompts)  # [B]
+        k = B // R  # rows per reference
+        if R != prompts and ctx.prompt_ids is not None:  # the caller repeated prompts: each run must be one
+            runs = ctx.prompt_ids.reshape(R, k, -1)  # [R, k, P]
+            if not bool((runs == runs[:, :1]).all()):
+                raise ValueError(f"Overlap: {R} references for {prompts} prompts, but the prompts are not {R} runs "
+                                 f"of one repeated prompt each; give one reference per prompt, or one for all")
+        return torch.arange(R).repeat_interleave(k)  # [B]
 
     def init(self, ctx):
         dev, B, rows, V = ctx.device, ctx.batch, self._rows(ctx), ctx.vocab

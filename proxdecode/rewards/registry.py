@@ -231,7 +231,7 @@ def _entry(kind: str, kwargs: dict, where: str) -> Entry:
 
 def check_prompts(entries: list[Entry], prompts: int) -> None:
     """What the number of prompts decides, before any model loads: an ``overlap``'s
-    references number 1 or one per prompt."""
+    references number 1, one per prompt or one per run of repeated prompts (a count dividing theirs)."""
     from .. import rewards
 
     for e in entries:
