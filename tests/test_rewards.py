@@ -192,6 +192,14 @@ def test_weight_is_any_finite_real_number(tiny):
               np.array([0.5]), "1", None, 1j):
         with pytest.raises(ValueError, match=r"EndsWith: weight must be a finite real number \(Python, numpy"):
             EndsWith(".", weight=w)
+    # the families' own numbers too
+    model, _ = tiny
+    assert pd.rewards.KLPenalty(model, coef=np.float32(0.25)).coef == 0.25
+    assert pd.rewards.HumanFeedback(ratings=[("good", 5.0), ("bad", 1.0)], ridge=np.float32(0.5)).ridge == 0.5
+    with pytest.raises(ValueError, match="KLPenalty: coef must be a finite number >= 0"):
+        pd.rewards.KLPenalty(model, coef=np.float32(-1))
+    with pytest.raises(ValueError, match="HumanFeedback: ridge must be a finite number > 0"):
+        pd.rewards.HumanFeedback(ratings=[("good", 5.0)], ridge=torch.tensor(0.0))
 
 
 def test_start_checks_prompts_and_eos_ids(tiny):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .base import Reward, token_strings
+from .base import Reward, finite_number, token_strings
 
 
 def read_ratings(path) -> list[tuple[str, float]]:
@@ -118,8 +118,8 @@ class HumanFeedback(Reward):
         super().__init__(weight, name)
         if (weights is None) == (ratings is None):
             raise ValueError("HumanFeedback: give weights (a [V] table or {word: weight}) or ratings, not both")
-        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not (ridge > 0 and math.isfinite(ridge)):
-            raise ValueError(f"HumanFeedback: ridge must be a positive number, got {ridge!r}")
+        if finite_number(ridge) is None or finite_number(ridge) <= 0:
+            raise ValueError(f"HumanFeedback: ridge must be a finite number > 0, got {ridge!r}")
         if ratings is not None:
             try:
                 ratings = [(t, float(r)) for t, r in ratings]
@@ -137,7 +137,7 @@ class HumanFeedback(Reward):
             if weights.dim() != 1 or not bool(torch.isfinite(weights).all()):
                 raise ValueError(f"HumanFeedback: a weights table must be 1-D and finite, "
                                  f"got shape {tuple(weights.shape)}")
-        self.weights, self.ratings, self.ridge = weights, ratings, float(ridge)
+        self.weights, self.ratings, self.ridge = weights, ratings, finite_number(ridge)
         self.mean_rating, self.source = None, None  # the ratings' mean (after bind); their file
         self._table = None
 

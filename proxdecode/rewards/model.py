@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Reward
+from .base import Reward, finite_number
 
 
 def _vocab_of(model) -> int:
@@ -118,10 +118,11 @@ class KLPenalty(_ReferenceModelReward):
     def __init__(self, reference, coef: float = 0.1, weight: float = 1.0, name: str | None = None):
         if reference is None:
             raise ValueError("KLPenalty: reference must be a model (the frozen reference policy)")
-        if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not (0 <= coef < float("inf")):
+        number = finite_number(coef)
+        if number is None or number < 0:
             raise ValueError(f"KLPenalty: coef must be a finite number >= 0, got {coef!r}")
         super().__init__(reference, weight, name)
-        self.coef = float(coef)
+        self.coef = number
 
     def score(self, st, logits):
         policy = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
