@@ -46,7 +46,7 @@ class _Buffers:
 
     seeds: torch.Tensor  # [B] int64 Philox keys
     eos: torch.Tensor  # [E] int64: the config's EOS, hidden until min_new_tokens
-    stop: torch.Tensor  # [S] int64: what ends a row (the config's EOS, or a caller's EosTokenCriteria's)
+    end_ids: torch.Tensor  # [S] int64: what ends a row (the config's EOS, or a caller's EosTokenCriteria's)
     seqs: torch.Tensor  # [B, P+T] int64, pad after the prompt until written
     alive: torch.Tensor  # [B] bool: no EOS / stop string yet
     out_mask: torch.Tensor  # [B, T] bool: the row was alive at step t
@@ -71,7 +71,7 @@ class _Buffers:
         return cls(
             seeds=torch.tensor(cfg.row_seeds(prompts), dtype=torch.long, device=device),
             eos=torch.tensor(cfg.eos_token_ids, dtype=torch.long, device=device),
-            stop=torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=device),
+            end_ids=torch.tensor(cfg.stop_token_ids, dtype=torch.long, device=device),
             seqs=torch.cat([ids, ids.new_full((B, T), cfg.pad_token_id or 0)], 1),
             alive=torch.ones(B, dtype=torch.bool, device=device),
             out_mask=torch.zeros(B, T, dtype=torch.bool, device=device),
@@ -126,7 +126,7 @@ def sample_one(step_fn, cfg: DecodeConfig, run, buf: _Buffers, logits: torch.Ten
         _put(buf.comps, 2, t, run.record(tok, buf.alive, logits))  # [F, B]
     if buf.seen is not None:
         buf.seen.scatter_(1, tok[:, None], True)
-    buf.alive &= ~(tok[:, None] == buf.stop).any(1)  # [B, S]; torch.isin sorts (and syncs) for many ids
+    buf.alive &= ~(tok[:, None] == buf.end_ids).any(1)  # [B, S]; torch.isin sorts (and syncs) for many ids
     return tok, scores
 
 

@@ -410,7 +410,7 @@ def test_compiled_step_flags_unusable_rows_as_the_eager_step_does(tiny):
     def buffers():
         seen = torch.zeros(B, V, dtype=torch.bool).scatter_(1, ids, True)
         return engine._Buffers(
-            torch.arange(B) * 977 + 5, torch.tensor([0, 2]), torch.tensor([0, 2]),  # seeds, EOS, stop ids
+            torch.arange(B) * 977 + 5, torch.tensor([0, 2]), torch.tensor([0, 2]),  # seeds, EOS, end ids
             torch.cat([ids, ids.new_zeros(B, T)], 1),
             torch.tensor([True, True, True, False]), torch.zeros(B, T, dtype=torch.bool), torch.zeros(B, T),
             torch.zeros(B, T), torch.zeros(0, B, T), torch.full((B,), -1), seen, P)
