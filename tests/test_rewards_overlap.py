@@ -134,7 +134,16 @@ def test_references_number_one_or_one_per_prompt(tiny):
     torch.testing.assert_close(total[0], torch.tensor(want), atol=1e-5, rtol=1e-5)
     mixed = same["input_ids"][[0, 2, 1, 3]]  # [4, P]
     with pytest.raises(ValueError, match="the prompts are not 2 runs of one repeated prompt each"):
-        rewards.start(len(tok), 4, "cpu", prompt_ids=mixed, prompt_mask=same["attention_mask"], prompts=4)
+        rewards.start(len(tok), 4, "cpu", prompt_ids=mixed, prompt_mask=same["attention_mask"][[0, 2, 1, 3]],
+                      prompts=4)
+    # a run is judged by its real tokens: whatever fills the padding, and where the padding is
+    ids = torch.tensor([[9, 5, 6], [11, 5, 6], [9, 7, 8], [11, 7, 8]])
+    rewards.start(len(tok), 4, "cpu", prompt_ids=ids, prompt_mask=torch.tensor([[0, 1, 1]] * 4), prompts=4)
+    ids, mask = torch.tensor([[5, 5, 6]] * 2 + [[7, 7, 8]] * 2), torch.tensor([[0, 1, 1], [1, 1, 1]] * 2)
+    with pytest.raises(ValueError, match="the prompts are not 2 runs"):  # "5 6" and "5 5 6"
+        rewards.start(len(tok), 4, "cpu", prompt_ids=ids, prompt_mask=mask, prompts=4)
+    with pytest.raises(ValueError, match="one per run of repeated prompts needs the prompts"):
+        rewards.start(len(tok), 4, "cpu", prompts=4)
 
 
 def _ranks_and_max(tok, kind, metric):

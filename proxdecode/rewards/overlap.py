@@ -216,8 +216,12 @@ class Overlap(Reward):
         if R == 1:
             return torch.zeros(B, dtype=torch.long)
         k = B // R  # rows per reference
-        if R != prompts and ctx.prompt_ids is not None:  # the caller repeated prompts: each run must be one
-            runs = ctx.prompt_ids.reshape(R, k, -1)  # [R, k, P]
+        if R != prompts:  # the caller repeated prompts: each run must be one
+            if ctx.prompt_ids is None:
+                raise ValueError(f"Overlap: {R} references for {prompts} prompts: one per run of repeated prompts "
+                                 f"needs the prompts to check the runs; give one reference per prompt, or one for all")
+            real = ctx.prompt_ids if ctx.prompt_mask is None else ctx.prompt_ids.masked_fill(ctx.prompt_mask == 0, -1)
+            runs = real.reshape(R, k, -1)  # [R, k, P]; padding compares as padding, whatever its ids
             if not bool((runs == runs[:, :1]).all()):
                 raise ValueError(f"Overlap: {R} references for {prompts} prompts, but the prompts are not {R} runs "
                                  f"of one repeated prompt each; give one reference per prompt, or one for all")
