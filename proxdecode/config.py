@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import transformers
 
-from .decoder import builds_own_masks, check_model
+from .decoder import builds_own_masks, check_model, model_vocab
 from .hf_processing import CALL_ARGS, PROCESSOR_FIELDS, WARPER_FIELDS, Mode, as_int_ids, caller_eos, \
     caller_max_length, check_call_args, check_fields, check_negative_prompt, check_warpers, prepare_lengths, \
     processing_mode, token_ids
+from .rewards.base import finite_number
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig
@@ -136,11 +136,11 @@ class DecodeConfig:
                                  f"(allowed: {' or '.join(map(repr, inert))})")
         check_call_args(kwargs)
         _check_inputs(input_ids, attention_mask)
-        if isinstance(steer, torch.Tensor) and steer.ndim == 0:
-            steer = steer.item()
-        if isinstance(steer, bool) or not isinstance(steer, numbers.Real) or not abs(steer) <= _FLOAT32_MAX:
+        steer_value = finite_number(steer)  # a Python, numpy or 0-d tensor number
+        if steer_value is None or abs(steer_value) > _FLOAT32_MAX:
             raise ValueError(f"steer must be a finite number within float32's range (|steer| <= 3.4e38, the step "
                              f"computes in float32), got {steer!r}")
+        steer = steer_value
         passed_gc = kwargs.get("generation_config")
         hf_kwargs = {k: v for k, v in kwargs.items() if k not in ("generation_config", "streamer", "tokenizer")
                      and k not in _INERT_CALL_ARGS and k not in CALL_ARGS}
@@ -208,9 +208,9 @@ class DecodeConfig:
         eos_ids = token_ids("eos_token_id", gc.eos_token_id, vocab)
         stop_ids = caller_eos(kwargs, vocab)  # HF: a caller's EosTokenCriteria replaces the config's EOS
         stop_ids = eos_ids if stop_ids is None else stop_ids
-        pad = gc.pad_token_id
-        if pad is not None and (isinstance(pad, bool) or not isinstance(as_int_ids(pad), int)):
-            raise ValueError(f"pad_token_id must be an integer, got {pad!r}")
+        pad = None if gc.pad_token_id is None else as_int_ids(gc.pad_token_id)
+        if gc.pad_token_id is not None and (isinstance(gc.pad_token_id, bool) or not isinstance(pad, int)):
+            raise ValueError(f"pad_token_id must be an integer, got {gc.pad_token_id!r}")
         pad = eos_ids[0] if pad is None and eos_ids else pad  # HF's fallback
         # HF pads a stopped row only when some criterion can stop rows at EOS (its EosTokenCriteria,
         # made for any eos_token_id that is not None, or a caller's criterion with eos_token_id)
@@ -227,10 +227,9 @@ class DecodeConfig:
             raise ValueError("output_hidden_states / output_attentions with use_cache=False: HF then returns every "
                              "position of the sequence each step, pd (which decodes with its cache) the new one "
                              "only; pass use_cache=True")
-        max_time = gc.max_time
-        if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, (int, float))
-                                     or not (0 <= max_time < math.inf)):
-            raise ValueError(f"max_time must be a finite number of seconds >= 0, got {max_time!r}")
+        max_time = None if gc.max_time is None else finite_number(gc.max_time)
+        if gc.max_time is not None and (max_time is None or max_time < 0):
+            raise ValueError(f"max_time must be a finite number of seconds >= 0, got {gc.max_time!r}")
         if kwargs.get("streamer") is not None and input_ids.shape[0] * n_ret != 1:
             raise ValueError("streamer supports a batch of one sequence, as in HF generate")
 
@@ -265,7 +264,7 @@ class DecodeConfig:
             max_new_tokens=int(max_new), min_new_tokens=int(min_new), do_sample=do_sample,
             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
             min_p=float(min_p), repetition_penalty=float(rp), eos_token_ids=eos_ids, stop_token_ids=stop_ids,
-            pads=pads, pad_token_id=None if pad is None else as_int_ids(pad), num_return_sequences=int(n_ret),
+            pads=pads, pad_token_id=pad, num_return_sequences=int(n_ret),
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), output_logits=bool(gc.output_logits),
             output_hidden_states=bool(gc.output_hidden_states), output_attentions=bool(gc.output_attentions),
@@ -273,7 +272,7 @@ class DecodeConfig:
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
             static_cache=static, backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear,
-            max_time=None if max_time is None else float(max_time),
+            max_time=max_time,
             hf_processing=mode, hf_config=gc if mode is not None else None)
 
     def row_seeds(self, batch: int) -> list[int]:
@@ -284,12 +283,6 @@ class DecodeConfig:
         if base is None:
             base = tuple(int(s) for s in torch.randint(0, 2**62, (batch,)))
         return [row_seed(s, r) for s in base for r in range(self.num_return_sequences)]
-
-
-def model_vocab(model) -> int:
-    """Logits per position: the output head's rows (the config's vocabulary without a head)."""
-    head = model.get_output_embeddings()
-    return head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
 
 
 def _static_cache(model, cache_impl, do_compile: bool) -> bool:

@@ -19,6 +19,12 @@ import torch
 from .linear import pack_linears, packed_forwards
 
 
+def model_vocab(model) -> int:
+    """Logits per position: the output head's rows (the config's vocabulary without a head)."""
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
+
+
 def _make_cache(model, max_len: int, static: bool):
     """The loop's KV cache: HF's ``StaticCache`` (fixed shapes, written in place; what CUDA
     graphs and ``torch.compile`` need) or ``DynamicCache`` (HF's default: its per-step

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import PENALTY_SKIPS_LEFT_PADDING, DecodeConfig, model_vocab
-from .decoder import Decoder
+from .config import PENALTY_SKIPS_LEFT_PADDING, DecodeConfig
+from .decoder import Decoder, model_vocab
 from .hf_processing import invalid_values_repair, logits_processors, stopping_criteria
 from .returns import discounted_returns
 from .rewards.text import RewardError

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ..decoder import model_vocab
 from .base import Reward, finite_number
-
-
-def _vocab_of(model) -> int:
-    head = model.get_output_embeddings()
-    return head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
 
 
 class _ReferenceModelReward(Reward):
@@ -43,7 +39,7 @@ class _ReferenceModelReward(Reward):
 
     def bind(self, tokenizer) -> None:
         if self.reference is not None:
-            ref_vocab, n = _vocab_of(self.reference), len(tokenizer)
+            ref_vocab, n = model_vocab(self.reference), len(tokenizer)
             if not (n <= ref_vocab <= n + 256):
                 raise ValueError(f"{type(self).__name__}: the reference model has {ref_vocab} logits per "
                                  f"position but the tokenizer has {n} tokens; the reference must share "
@@ -54,7 +50,7 @@ class _ReferenceModelReward(Reward):
             return {}
         from ..decoder import Decoder, builds_own_masks, check_model
 
-        ref_vocab = _vocab_of(self.reference)
+        ref_vocab = model_vocab(self.reference)
         if ref_vocab != ctx.vocab:
             raise ValueError(f"{type(self).__name__}: the reference model has {ref_vocab} logits per "
                              f"position, the policy {ctx.vocab}; they must share one vocabulary")
