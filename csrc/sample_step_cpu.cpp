@@ -22,10 +22,11 @@
 //   * the same greedy tie rule (lowest token id) and torch.argmax's rules (first
 //     position wins, NaN is the largest) for the sampled pick.
 //
+// Top-k keeps every value tied with the k-th, as HF does, up to kTieRoom past the k-th.
 // One deliberate rule where the reference leaves a choice: among tied values, the lower
 // token id ranks first (a stable descending order). torch.topk and the non-stable
-// torch.sort on CPU order ties arbitrarily, so on a tie at the k-th slot, or at the
-// top-p cut inside a tie group, the reference may keep a different (equally valid) id.
+// torch.sort on CPU order ties arbitrarily, so where a tie overflows top-k's room, or at
+// the top-p cut inside a tie group, the reference may keep a different (equally valid) id.
 // The tests compare against the reference with stable sorts patched in, and against the
 // plain reference on tie-free rows.
 //
@@ -177,6 +178,7 @@ void step_row(const float* z, int64_t b, const Args& a, Workspace& w) {
     double z_all = 0.0;
     if (use_top_k) {
       select_top_k(s, V, a.top_k, list);
+      add_top_k_ties(s, V, list);
     } else if (smax > kNegInf) {
       select_top_p(s, V, smax, a.top_p[b], w, list, z_all);
     } else {
@@ -194,11 +196,14 @@ void step_row(const float* z, int64_t b, const Args& a, Workspace& w) {
     for (int64_t j = 0; j < n; ++j) keep[j] = sc[j] > kNegInf ? 1.0f : 0.0f;
 
     if (a.use_top_p && vmax > kNegInf) {
-      // probs = softmax(list) as torch computes it: after top-k, over the k values with
-      // torch's summation order; top-p alone, over the whole row, whose sum is z_all.
-      float* prob = w.cv.data();  // [n]
+      // probs = softmax(list) as torch computes it: after top-k, over the reference's
+      // k + room values (those past the set are 0) with torch's summation order; top-p
+      // alone, over the whole row, whose sum is z_all.
+      const int64_t n_ref = use_top_k ? std::min<int64_t>(V, a.top_k + kTieRoom) : n;
+      float* prob = w.cv.data();  // [n_ref]
       for (int64_t j = 0; j < n; ++j) prob[j] = sleef_expf(sc[j] - vmax);  // -inf -> 0
-      const float total = use_top_k ? torch_reduce_sum(prob, n, a.lanes) : static_cast<float>(z_all);
+      std::fill(prob + n, prob + n_ref, 0.0f);
+      const float total = use_top_k ? torch_reduce_sum(prob, n_ref, a.lanes) : static_cast<float>(z_all);
       const float inv = 1.0f / total;
       const float p = a.top_p[b];
       double cum = 0.0;  // torch.cumsum on CPU: a double accumulator, float outputs

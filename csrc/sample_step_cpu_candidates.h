@@ -1,5 +1,5 @@
 // The candidate set of the CPU decode step (sample_step_cpu.cpp), without sorting the
-// vocabulary: the per-thread workspace, top-k by a heap scan, top-p by a bisection on the
+// vocabulary: the per-thread workspace, top-k by a heap scan (and its ties), top-p by a bisection on the
 // probability mass, and the Gumbel-max pick that evaluates exact draws only for the
 // candidates that can still win. Included by that one translation unit.
 
@@ -129,6 +129,32 @@ void select_top_k(const float* s, int64_t V, int64_t k, std::vector<Entry>& out)
     }
   }
   std::sort_heap(h, h + k, ranks_before);  // ascending under ranks_before: best first
+}
+
+// Top-k keeps every value tied with the k-th, as HF's TopKLogitsWarper does, up to
+// kTieRoom past the k-th (proxdecode.step.TIE_ROOM: the reference's list holds k + room).
+// select_top_k keeps the lowest ids of a tie, so the rest of the tie at the list's last
+// value lies after the list's last id; appended in id order, the list stays sorted.
+constexpr int64_t kTieRoom = 64;
+
+void add_top_k_ties(const float* s, int64_t V, std::vector<Entry>& out) {
+  if (out.empty() || !(out.back().v > kNegInf)) return;  // -inf ties are never candidates
+  const float t = out.back().v;
+  int64_t room = kTieRoom;
+  constexpr int64_t kBlock = 32;
+  for (int64_t i0 = out.back().id + 1; i0 < V && room > 0; i0 += kBlock) {
+    const int64_t i1 = std::min(V, i0 + kBlock);
+    float bmax = kNegInf;
+#pragma omp simd reduction(max : bmax)
+    for (int64_t i = i0; i < i1; ++i) bmax = s[i] > bmax ? s[i] : bmax;
+    if (!(bmax >= t)) continue;
+    for (int64_t i = i0; i < i1 && room > 0; ++i) {
+      if (s[i] == t) {
+        out.push_back({t, static_cast<int32_t>(i)});
+        --room;
+      }
+    }
+  }
 }
 
 // Top-p without top-k, without sorting V values.

@@ -17,7 +17,8 @@
 //   A  the logits: validity (max, NaN), s = penalised z / T into a [B, V] scratch, max(s)
 //   B  log-sum-exp of the raw logits (policy log-probs)
 //   top-k: a radix select (4 digit passes of 8 bits on an order-preserving uint32 key)
-//      finds the k-th key K; ties at K are taken by lowest id (an ordered block scan)
+//      finds the k-th key K; every key >= K is kept, as HF keeps ties, up to kTieRoom
+//      past the k-th (past that, the lowest ids: an ordered block scan)
 //   top-p: softmax mass over the candidates, then a radix descent on the same key that
 //      follows the mass instead of the count: it finds the lowest kept key, i.e. the last
 //      candidate whose mass ranked strictly above it is < p; ties again by lowest id
@@ -43,6 +44,7 @@
 namespace proxdecode_cuda {
 
 constexpr int kThreads = 512;
+constexpr long long kTieRoom = 64;  // proxdecode.step.TIE_ROOM
 constexpr int kWarps = kThreads / 32;
 
 struct Params {
@@ -304,8 +306,11 @@ __global__ void __launch_bounds__(kThreads) sample_step_kernel(Params p) {
       __syncthreads();
     }
     k_key = prefix;
-    if (static_cast<long long>(count_eq) > remaining)  // a tie at the k-th slot: lowest ids
-      k_cut = nth_id(V, remaining, [&](int64_t i) { return order_key(s[i]) == k_key; }, sh);
+    // Ties at the k-th key: all of them as HF keeps them, up to kTieRoom past the k-th
+    // (then the lowest ids), as the torch reference's top-k list holds k + kTieRoom.
+    const long long take = remaining + kTieRoom;
+    if (static_cast<long long>(count_eq) > take)
+      k_cut = nth_id(V, take, [&](int64_t i) { return order_key(s[i]) == k_key; }, sh);
   }
   auto in_top_k = [&](int64_t i, uint32_t key) {
     return !use_top_k || key > k_key || (key == k_key && i <= k_cut);

@@ -31,7 +31,8 @@ Top-k <= 256 ("tile" path, the usual case, e.g. HF's default top_k=50):
     slots). Typically ~k values land there;
   * in registers on that tile: each candidate's rank under the order (value desc, id
     asc) and the mass ranked above it, by pairwise comparison (``CAP x 16`` at a time);
-    keep rank < k (top-k), mass above < p * mass of the top-k (top-p), ``s >= max +
+    keep values >= the k-th with rank < k + ``TIE_ROOM`` (top-k: HF's ties, up to the
+    room), mass above < p * mass of the top-k (top-p), ``s >= max +
     log(min_p)`` (min-p); read ``R`` at the kept ids only; Gumbel-max over them.
   If more than ``CAP`` values pass ``L`` (heavy ties, adversarial layouts) the row
   falls back to the general path below, inside the same kernel.
@@ -39,8 +40,9 @@ General path (no top-k, top-k > 256, or the tile overflowed), sort-free threshol
 searches, each pass counting against NT = 16 thresholds at once (a 17-way search; the
 first pass spaces them geometrically below the max, where the boundary usually is):
   * top-k: find the exact k-th largest value ``thr`` (stop early when
-    ``count(s >= t) == k``); the set is ``s > thr`` plus the lowest-id ties at ``thr``
-    needed to make exactly k (a running prefix count of ties in every later pass);
+    ``count(s >= t) == k``); the set is ``s > thr`` plus the ties at ``thr``, all of
+    them up to ``k + TIE_ROOM`` members, the lowest ids past that (a running prefix count
+    of ties in every later pass);
   * top-p: bisect on a value ``t`` for the rule "keep a token while the mass ranked
     strictly above it is < p": ``M(t) = sum(e^(s - max) for candidates s > t)``;
     converge until one candidate (or one tied value) is left in ``(lo, hi]``; keep
@@ -64,11 +66,11 @@ Exactness against the reference
   (``div_rn`` for the divisions, no FMA contraction on GPU), so tokens are identical
   except when two perturbed scores lie within a few ulps of each other (``log`` is
   libdevice's on GPU, numpy's in the interpreter, torch's in the reference).
-* Top-k keeps exactly k: the lowest ids among ties at the k-th value. That is what
-  ``torch.topk`` on CUDA does as far as we know (its radix select fills the ties in index
-  order; ``benchmarks/gpu.py`` checks it); on CPU ``torch.topk``'s choice among ties is
-  unspecified, so there only the allowed set can be compared. HF's ``TopKLogitsWarper``
-  keeps every tie.
+* Top-k keeps every value ``>=`` the k-th, as HF's ``TopKLogitsWarper`` does, up to
+  ``k + TIE_ROOM`` tokens; past that, the lowest ids among the ties at the k-th value.
+  That is what ``torch.topk`` on CUDA does as far as we know (its radix select fills the
+  ties in index order; ``benchmarks/gpu.py`` checks it); on CPU ``torch.topk``'s choice
+  among ties is unspecified, so there only the allowed set can be compared.
 * A general-path search that has not converged after ``MAX_ITERS`` passes keeps all of
   its last bracket, a few tokens more than the rule. That takes values packed far more
   densely than the row's range (thousands of logits within ~1e-20 of each other).
@@ -280,8 +282,9 @@ def sample_step_triton(
         step: decode step index, the Philox counter's second word, ``0 <= step < 2**32``.
         do_sample: Gumbel-max sampling if True, argmax (lowest id on ties) if False.
         temperature: Python number or ``[B]`` tensor, > 0.
-        top_k: keep the ``top_k`` largest scores (exactly k; lowest ids among ties at the
-            k-th value); 0 or ``>= V`` disables. ``top_k <= 256`` takes the two-pass tile path.
+        top_k: keep the scores ``>=`` the ``top_k``-th largest, ties included as in HF, up
+            to ``top_k + TIE_ROOM`` (then the lowest ids among the ties); 0 or ``>= V``
+            disables. ``top_k <= 256`` takes the two-pass tile path.
         top_p: number or ``[B]`` in (0, 1]; a number >= 1 disables; a row's value >= 1
             disables it for that row.
         min_p: number or ``[B]`` in [0, 1]; a number <= 0 disables.

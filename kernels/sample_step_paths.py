@@ -11,6 +11,10 @@ picks). Each works on one row's pointers and scalars; none launches anything.
 import triton
 import triton.language as tl
 
+from proxdecode.step import TIE_ROOM as _TIE_ROOM
+
+TIE_ROOM = tl.constexpr(_TIE_ROOM)  # ties at the k-th value top-k keeps past the k-th
+
 try:  # libdevice's logf matches CUDA's logf (what torch uses); absent in the interpreter
     from triton.language.extra import libdevice
 except ImportError:  # pragma: no cover - very old triton
@@ -165,19 +169,21 @@ def _tile_pick(sv_row, si_row, c, k, m_s, top_p, log_min_p, reward_row, steer, s
     v = tl.load(sv_row + j, mask=live, other=float("-inf"))  # [CAP]
     ids = tl.load(si_row + j, mask=live, other=V)  # [CAP] int32
     rank = tl.zeros([CAP], dtype=tl.int32)
+    greater = tl.zeros([CAP], dtype=tl.int32)
     mass_above = tl.zeros([CAP], dtype=tl.float32)
     for jb in range(0, CAP, JB):
         jj = jb + tl.arange(0, JB)
         live_j = jj < c
         vj = tl.load(sv_row + jj, mask=live_j, other=float("-inf"))  # [JB]
         idj = tl.load(si_row + jj, mask=live_j, other=V)
-        above = (vj[None, :] > v[:, None]) | ((vj[None, :] == v[:, None]) & (idj[None, :] < ids[:, None]))
-        above = above & live_j[None, :]  # [CAP, JB]: j ranks before i (value desc, id asc)
-        rank += tl.sum(above.to(tl.int32), 1)
+        gt = (vj[None, :] > v[:, None]) & live_j[None, :]  # [CAP, JB]: j's value is larger
+        above = gt | ((vj[None, :] == v[:, None]) & (idj[None, :] < ids[:, None]) & live_j[None, :])
+        rank += tl.sum(above.to(tl.int32), 1)  # above: j ranks before i (value desc, id asc)
+        greater += tl.sum(gt.to(tl.int32), 1)
         if TOPP:
             ej = tl.where(live_j, tl.exp(vj - m_s), 0.0)
             mass_above += tl.sum(tl.where(above, ej[None, :], 0.0), 1)
-    keep = live & (rank < k)
+    keep = live & (greater < k) & (rank < k + TIE_ROOM)  # >= the k-th value; ties up to the room
     if TOPP:  # everything ranked above a top-k member is a top-k member: mass_above is exact
         z_k = tl.sum(tl.where(keep, tl.exp(v - m_s), 0.0), 0)
         limit = tl.where(top_p >= 1.0, float("inf"), top_p * z_k)  # p >= 1: top-p is off
@@ -196,7 +202,8 @@ def _tile_pick(sv_row, si_row, c, k, m_s, top_p, log_min_p, reward_row, steer, s
 def _topk_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s, s_min, n_fin,
                  SUB: tl.constexpr, NT: tl.constexpr, MAX_ITERS: tl.constexpr,
                  PENALTY: tl.constexpr, RP_RECIP: tl.constexpr, SUPPRESS: tl.constexpr):
-    """The k-th largest ``s`` (``thr``) and how many ties at ``thr`` top-k takes (``need``).
+    """The k-th largest ``s`` (``thr``) and how many ties at ``thr`` top-k takes (``need``:
+    all of them, as HF, up to ``TIE_ROOM`` past the k-th).
 
     Invariant: ``count(s >= lo) >= k > count(s >= hi)``. Ends when ``count(s >= lo) == k``
     (then every ``s >= lo`` is in) or when no float lies between lo and hi (then lo is
@@ -222,7 +229,7 @@ def _topk_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s, 
         lo, hi, cnt_lo, cnt_hi, closed = _narrow(t, cnt, cnt >= k, lo, hi, cnt_lo, cnt_hi)
         done = ((cnt_lo == k) | closed).to(tl.int32)
         it += 1
-    need = tl.where(cnt_lo == k, k, k - cnt_hi)
+    need = tl.where(cnt_lo == k, k, k + TIE_ROOM - cnt_hi)  # ties at thr: HF's all, up to the room
     if cnt_lo != k:  # the k-th value is the largest s below hi: count(s > it) = count(s >= hi)
         top = tl.full([SUB], float("-inf"), tl.float32)
         for start in range(0, V, SUB):

@@ -296,7 +296,8 @@ def sample_step_cpp(
         step: decode step index, the Philox counter's second word (a Python int).
         do_sample: Gumbel-max sampling if True, argmax (lowest id among ties) if False.
         temperature: scalar or ``[B]``, > 0.
-        top_k: keep the ``top_k`` largest scores; 0 or ``>= V`` disables.
+        top_k: keep the scores ``>=`` the ``top_k``-th largest, ties included as in HF, up to
+            ``top_k + TIE_ROOM`` (then the lowest ids among the ties); 0 or ``>= V`` disables.
         top_p: scalar or ``[B]`` in (0, 1]; a Python number >= 1 disables it (a tensor never
             does, as in the reference).
         min_p: scalar or ``[B]`` in [0, 1]; a Python number <= 0 disables it.

@@ -11,9 +11,11 @@ Pipeline, per row of ``logits`` ``[B, V]`` (the README's "How it works"):
 2. repetition penalty on tokens already seen (HF: divide positive, multiply negative);
 3. suppressed ids (``min_new_tokens`` hides EOS) set to ``-inf``;
 4. temperature: ``s = z / T``;
-5. candidate set on ``s``: top-k, then top-p, then min-p, in HF's order. Top-k is
-   ``torch.topk`` (no sort of the vocabulary); top-p then works on those ``k`` sorted
-   values only; only without top-k does top-p sort the row;
+5. candidate set on ``s``: top-k, then top-p, then min-p, in HF's order. Top-k keeps
+   every value ``>=`` the k-th largest, ties included, as HF's ``TopKLogitsWarper`` does,
+   up to ``TIE_ROOM`` tokens past the k-th; it reads ``torch.topk(s, k + TIE_ROOM)`` (no
+   sort of the vocabulary), and top-p then works on that sorted list only; only without
+   top-k does top-p sort the row;
 6. steer inside the candidate set: ``s_a + beta * R[b, a]``;
 7. pick: Gumbel-max over the counter-based draws when sampling, argmax otherwise
    (the lowest id among the tied candidates wins, as ``torch.argmax`` picks; when top-k or
@@ -22,9 +24,14 @@ Pipeline, per row of ``logits`` ``[B, V]`` (the README's "How it works"):
 8. emit the token, its log-prob under step 6's distribution and under the raw model
    (``log_softmax(z)`` at temperature 1, before any processing).
 
-Ties: HF's top-k keeps every token tied with the k-th value; here the k-th slot goes to
-one of them. Top-p keeps a token while the mass ranked strictly above it is below ``p``,
-which is HF's rule written in descending order. Both differ from HF only on exact ties.
+Ties: HF's top-k keeps every token tied with the k-th value, and so does this step while
+they number at most ``TIE_ROOM`` past the k-th (real bf16 logits tie there a few at a time;
+a row of thousands of equal logits is where the bound bites: then the list's ``k +
+TIE_ROOM`` slots go to tokens of the tie, ``torch.topk``'s choice here, the lowest ids in
+the C++ and Triton steps). Without a bound, the list would have no fixed length: a full
+sort, or a host sync, every step. Top-p keeps a token while the mass ranked strictly above
+it is below ``p``, which is HF's rule written in descending order; inside a tied group it
+cuts where HF does, and which tied ids stay is the order's choice.
 No ``.item()``, no host sync, no branch on tensor values.
 
 ``select_step`` picks the implementation once per (backend, device), as vLLM's sampler
@@ -41,6 +48,9 @@ import torch
 
 from . import philox
 
+# Tokens tied with the k-th largest value that top-k keeps past the k-th (HF keeps every
+# tie). The C++, CUDA and Triton steps use the same number.
+TIE_ROOM = 64
 
 @dataclass
 class StepOutput:
@@ -90,7 +100,8 @@ def sample_step(
             tensor (a compiled loop's, so one graph serves every step).
         do_sample: Gumbel-max sampling if True, argmax if False.
         temperature: scalar or ``[B]``, > 0.
-        top_k: keep the ``top_k`` largest logits; 0 or ``>= V`` disables.
+        top_k: keep the logits ``>=`` the ``top_k``-th largest (ties: up to ``TIE_ROOM``
+            past it); 0 or ``>= V`` disables.
         top_p: scalar or ``[B]`` in (0, 1]; 1 disables.
         min_p: scalar or ``[B]`` in [0, 1]; 0 disables.
         repetition_penalty: > 0; applied to the ids marked in ``seen``.
@@ -119,14 +130,16 @@ def sample_step(
 
     # Candidate list [B, K]: sorted descending when a top-k or top-p needs the order.
     use_top_p = not (isinstance(top_p, (int, float)) and top_p >= 1.0)
-    if 0 < top_k < V:
-        vals, idx = torch.topk(s, top_k, dim=-1)  # [B, k]
-    elif use_top_p:
-        vals, idx = torch.sort(s, dim=-1, descending=True)  # [B, V]
-    else:
-        vals, idx = s, torch.arange(V, device=s.device).expand(B, V)
     neg_inf = torch.full((), float("-inf"), device=s.device)
-    keep = vals > neg_inf  # [B, K]
+    if 0 < top_k < V:
+        vals, idx = torch.topk(s, min(V, top_k + TIE_ROOM), dim=-1)  # [B, K], K = k + room
+        keep = (vals > neg_inf) & (vals >= vals[:, top_k - 1 : top_k])  # HF: all ties at the k-th
+    else:
+        if use_top_p:
+            vals, idx = torch.sort(s, dim=-1, descending=True)  # [B, V]
+        else:
+            vals, idx = s, torch.arange(V, device=s.device).expand(B, V)
+        keep = vals > neg_inf  # [B, K]
     if use_top_p:
         probs = torch.softmax(torch.where(keep, vals, neg_inf), dim=-1)  # [B, K]
         mass_above = torch.cumsum(probs, dim=-1) - probs

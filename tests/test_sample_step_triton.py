@@ -10,7 +10,8 @@ one call. What is checked, on the same seeds:
   the wider logit range of the bf16 generator below, not a different algorithm;
 * steering with a reward, per-row parameters, penalty and suppressed ids, greedy;
 * odd rows: one finite logit, all -inf, NaN, +inf; ties (greedy takes the lowest id;
-  top-k takes the lowest ids among ties at the k-th value; top-p's documented tie rules);
+  top-k keeps the ties at the k-th value, as HF, up to ``TIE_ROOM`` past it, then the
+  lowest ids; top-p's documented tie rules);
   disabled filters (top_k = V, top_p = 1) and min_p = 1;
 * the multi-chunk loops (chunk carries, cross-chunk argmax), by shrinking the block.
 
@@ -28,7 +29,7 @@ triton = pytest.importorskip("triton")
 
 from proxdecode.kernels import sample_step as kernel_module  # noqa: E402
 from proxdecode.kernels.sample_step import sample_step_triton  # noqa: E402
-from proxdecode.step import sample_step  # noqa: E402
+from proxdecode.step import TIE_ROOM, sample_step  # noqa: E402
 
 # numpy warns on inf - inf inside the interpreter; the kernel masks those lanes
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -190,9 +191,9 @@ def test_odd_rows(kw):
 def test_ties():
     V = 1000
     z = _logits(torch.float32, 4, V, seed=41)
-    z[0] = 0.0  # all equal: top-k takes the k lowest ids (overflows the tile: general path)
+    z[0] = 0.0  # all equal: top-k fills its room with the lowest ids (general path)
     top = z[1].topk(6).values
-    z[1, [900, 400]] = (top[3] + top[4]) / 2  # a tie at the 5th value: the lower id stays
+    z[1, [900, 400]] = (top[3] + top[4]) / 2  # a tie at the 5th value: both stay, as in HF
     z[2] = NEG_INF
     z[2, [30, 10, 20, 40]] = 3.0  # a tied top-p boundary group
     z[3, [700, 3, 250]] = z[3].max() + 1  # a tied maximum
@@ -200,12 +201,12 @@ def test_ties():
     seeds = _seeds(4)
 
     out = sample_step_triton(z, seeds=seeds, step=0, top_k=5, return_scores=True)
-    assert keep(out, 0) == {0, 1, 2, 3, 4}  # what torch.topk keeps on CUDA
+    assert keep(out, 0) == set(range(5 + TIE_ROOM))  # what torch.topk keeps on CUDA
     top4 = set(z[1].topk(4).indices.tolist())
-    assert keep(out, 1) == top4 | {400}
+    assert keep(out, 1) == top4 | {400, 900}
     for step in (1, 2):  # samples stay inside the allowed set
         t = sample_step_triton(z[:2], seeds=seeds[:2], step=step, top_k=5).tokens
-        assert int(t[0]) < 5 and int(t[1]) in top4 | {400}
+        assert int(t[0]) < 5 + TIE_ROOM and int(t[1]) in top4 | {400, 900}
 
     # top-p 0.5 over four equal tokens: the tile path orders ties by id and keeps two, as
     # the reference keeps a prefix of its order; the general path keeps the tied group.
@@ -221,11 +222,12 @@ def test_ties():
         assert got.tokens.tolist() == [3]
 
 
-def test_top_k_ties_at_zero_keep_exactly_k():
+def test_top_k_ties_at_zero_fill_the_room():
     """The k-th value tied at 0.0 below other values: the bracket around 0 cannot close (the
-    floats down to the denormals), and the search once left the whole tie group in."""
+    floats down to the denormals); the tie is kept whole when it fits top-k's room (HF's
+    set), its lowest ids past the room."""
     z = torch.full((2, 1000), -1.0)
-    z[0, :40] = 0.0  # 40 ties at 0 over -1: top_k=5 (the tile overflows: general path)
+    z[0, :40] = 0.0  # 40 ties at 0 over -1: top_k=5 keeps all 40 (tile overflow: general path)
     z[1] = 0.0
     z[1, :10] = torch.arange(1, 11).float()  # 10 above, 980 tied at 0: k > 256, general path
     z[1, 10:20] = -1.0
@@ -234,8 +236,9 @@ def test_top_k_ties_at_zero_keep_exactly_k():
         tri = sample_step_triton(z[row:row + 1], **kw)
         ref = sample_step(z[row:row + 1], **kw)
         kept = torch.nonzero(torch.isfinite(tri.scores[0]))[:, 0]
-        assert kept.numel() == k == int(torch.isfinite(ref.scores).sum())
-        assert kept.tolist() == sorted(set(range(10)) | set(range(20, 20 + k - 10))) if row else list(range(k))
+        n = k + TIE_ROOM if row else 40
+        assert kept.numel() == n == int(torch.isfinite(ref.scores).sum())
+        assert kept.tolist() == (list(range(10)) + list(range(20, 20 + n - 10)) if row else list(range(40)))
 
 
 def test_disabled_filters_and_min_p_one():
