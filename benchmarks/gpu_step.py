@@ -137,9 +137,9 @@ def section_check(rec, shapes, dtypes, one_shape):
                 "torch_topk_keeps_lowest_ids": topk_ids == list(range(n))}
     rec.guarded("step", "check", {"what": "tie rule (top_k=5 on an all-equal row)", "V": V}, tie_rule, need_s=10)
     rec.note("step", "ties: top-k keeps every value >= the k-th, as HF, up to k + TIE_ROOM tokens, then the "
-                     "lowest ids among the ties (torch.topk's rule on CUDA, checked above); top-p on the tile "
-                     "path orders ties by id, on the general path (no top-k) it keeps a whole tied group at "
-                     "the boundary where the reference keeps a prefix of its sort order.")
+                     "lowest ids among the ties (torch.topk's rule on CUDA, checked above); top-p orders ties "
+                     "by id where the reference keeps a prefix of its sort order: the same count, perhaps "
+                     "other ids.")
     os.environ.pop("PROXDECODE_TRITON_AUTOTUNE", None)
 
     def cpp_cuda():

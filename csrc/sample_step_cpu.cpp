@@ -243,7 +243,9 @@ void step_row(const float* z, int64_t b, const Args& a, Workspace& w) {
     } else if (std::isnan(smax2)) {
       pos = 0;  // scores == NaN matches nothing: the reference's argmin returns position 0
     } else {
-      // lowest id among the list entries equal to the best (all of them when it is -inf)
+      // lowest id among the list entries equal to the best (all of them when it is -inf:
+      // a row with nothing to sample, valid False; its junk id can differ from the
+      // reference's, whose top-k list also holds non-candidates past the tie room)
       int32_t best_id = std::numeric_limits<int32_t>::max();
       for (int64_t j = 0; j < n; ++j) {
         if (sc[j] == smax2 && ids[j] < best_id) {

@@ -114,9 +114,10 @@ __device__ __forceinline__ float load<__half>(const void* p, int64_t i) {
   return __half2float(static_cast<const __half*>(p)[i]);
 }
 
-// An order-preserving key: a > b (floats, no NaN) <=> key(a) > key(b); -inf is the smallest.
+// An order-preserving key: a > b (floats, no NaN) <=> key(a) > key(b), and equal floats
+// (-0 and +0 too, as torch compares them) share one key; -inf is the smallest.
 __device__ __forceinline__ uint32_t order_key(float x) {
-  const uint32_t u = __float_as_uint(x);
+  const uint32_t u = __float_as_uint(x + 0.0f);  // -0 + 0 = +0: one key for the equal zeros
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 

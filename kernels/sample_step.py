@@ -46,7 +46,8 @@ first pass spaces them geometrically below the max, where the boundary usually i
   * top-p: bisect on a value ``t`` for the rule "keep a token while the mass ranked
     strictly above it is < p": ``M(t) = sum(e^(s - max) for candidates s > t)``;
     converge until one candidate (or one tied value) is left in ``(lo, hi]``; keep
-    ``s > lo``;
+    ``s > lo``, and of a tied value the first ids its mass allows, in id order (a
+    running prefix count, as top-k's);
   * final pass: the candidate mask, ``R`` read where the mask is set, an online
     log-sum-exp of the steered scores and a running Gumbel-max (lowest id on ties).
 
@@ -74,9 +75,10 @@ Exactness against the reference
 * A general-path search that has not converged after ``MAX_ITERS`` passes keeps all of
   its last bracket, a few tokens more than the rule. That takes values packed far more
   densely than the row's range (thousands of logits within ~1e-20 of each other).
-* Top-p orders ties by id on the tile path (the reference's order among ties is its
-  sort's); the general path keeps a whole tied group at the boundary. Off ties, a token
-  can differ only when its mass-above is within fp32 rounding of ``p``.
+* Top-p orders ties by id (the reference's order among ties is its sort's): the tile
+  path ranks them so, the general path cuts a tied group at the boundary after the first
+  ``ceil((p Z - M(tie)) / e^(tie - max))`` ids. Off ties, a token can differ only when its
+  mass-above is within fp32 rounding of ``p``.
 * A per-row ``top_p >= 1`` disables top-p for that row (the reference applies
   ``mass_above < 1``, which can drop tail tokens whose mass rounds to 0).
 * Repetition penalty divides as torch does on the device (``z * fp32(1/rp)`` on CUDA,

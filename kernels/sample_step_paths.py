@@ -245,19 +245,27 @@ def _topk_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s, 
 def _topp_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, thr, need, top_p, m_s,
                  s_min, SUB: tl.constexpr, NT: tl.constexpr, MAX_ITERS: tl.constexpr,
                  PENALTY: tl.constexpr, RP_RECIP: tl.constexpr, SUPPRESS: tl.constexpr):
-    """``lo`` such that top-p keeps exactly the candidates ``s > lo``.
+    """``(thr, need)``: top-p keeps the candidates ``s > thr`` and the first ``need`` in id
+    order of those equal to ``thr`` (``_topk_mask``'s rule, over the candidates).
 
     ``M(t)`` = mass of candidates ``s > t``; a candidate ``v`` is kept iff
     ``M(v) < p * Z``. Invariant: ``M(lo) >= p Z > M(hi)``, so the lowest kept value lies
-    in ``(lo, hi]``; stop when that interval holds one candidate or one float.
+    in ``(lo, hi]``; stop when that interval holds one candidate or one float. In the
+    second case every candidate in it equals ``hi``: a tie the cut may go through. Ranked
+    by id, the j-th has ``M(hi) + j e^(hi - max)`` above it, so the first ``need`` =
+    ``ceil((p Z - M(hi)) / e^(hi - max))`` stay, as in the reference's order. (A search
+    that ran out of passes keeps its whole bracket: ``thr = lo``, ``need = 0``.)
     """
     base = tl.where(thr > float("-inf"), thr, s_min)  # every candidate is >= base
     lo = base - tl.maximum(tl.abs(base) * 1e-6, 1e-30)
     hi = m_s
     cnt_lo = tl.zeros([], dtype=tl.int32)
     cnt_hi = tl.zeros([], dtype=tl.int32)
+    mass_hi = tl.zeros([], dtype=tl.float32)  # M(hi): nothing lies above the max
+    target = tl.zeros([], dtype=tl.float32)
     it = 0
     done = 0
+    closed = tl.zeros([], dtype=tl.int1)
     while (it < MAX_ITERS) & (done == 0):
         t = _thresholds(lo, hi, it == 0, NT)  # [NT]
         mass = tl.zeros([NT], dtype=tl.float32)
@@ -278,10 +286,14 @@ def _topp_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, thr, nee
             n_all += cand.to(tl.int32)
         target = top_p * tl.sum(z_all, 0)
         cnt_lo = tl.where(it == 0, tl.sum(n_all, 0), cnt_lo)
-        lo, hi, cnt_lo, cnt_hi, closed = _narrow(t, cnt, mass >= target, lo, hi, cnt_lo, cnt_hi)
+        ok = mass >= target
+        mass_hi = tl.maximum(mass_hi, tl.max(tl.where(ok, 0.0, mass), 0))  # M at the new hi
+        lo, hi, cnt_lo, cnt_hi, closed = _narrow(t, cnt, ok, lo, hi, cnt_lo, cnt_hi)
         done = ((cnt_lo - cnt_hi <= 1) | closed).to(tl.int32)
         it += 1
-    return lo
+    step_hi = tl.exp(hi - m_s)  # the mass of one candidate at hi
+    need_hi = tl.ceil(tl.minimum((target - mass_hi) / step_hi, 1e9)).to(tl.int32)  # >= 1: M(hi) < p Z
+    return tl.where(closed, hi, lo), tl.where(closed, need_hi, 0)
 
 
 @triton.jit
@@ -303,12 +315,13 @@ def _general_pick(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s,
             thr, need = _topk_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k,
                                      m_s, s_min, n_fin, SUB, NT, MAX_ITERS,
                                      PENALTY, RP_RECIP, SUPPRESS)
-    lo_p = tl.full([], float("-inf"), tl.float32)
+    thr_p = tl.full([], float("-inf"), tl.float32)
+    need_p = tl.zeros([], dtype=tl.int32)
     if TOPP:
         if (top_p < 1.0) & (n_fin > 0):
-            lo_p = _topp_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, thr, need,
-                                top_p, m_s, s_min, SUB, NT, MAX_ITERS,
-                                PENALTY, RP_RECIP, SUPPRESS)
+            thr_p, need_p = _topp_search(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, thr, need,
+                                         top_p, m_s, s_min, SUB, NT, MAX_ITERS,
+                                         PENALTY, RP_RECIP, SUPPRESS)
 
     lane_m = tl.full([BLOCK], float("-inf"), tl.float32)
     lane_acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -316,13 +329,15 @@ def _general_pick(logits_row, seen_row, V, rp, inv_rp, temp, sup_ptr, S, k, m_s,
     best_id = tl.full([], 0, tl.int32) + V
     best_score = tl.full([], float("-inf"), tl.float32)
     carry = tl.zeros([], dtype=tl.int32)
+    carry_p = tl.zeros([], dtype=tl.int32)
     for start in range(0, V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         _z, _zc, s = _scores(logits_row, seen_row, offs, V, rp, inv_rp, temp, sup_ptr, S,
                              PENALTY, RP_RECIP, SUPPRESS)
         cand, carry = _topk_mask(s, thr, need, carry)
         if TOPP:
-            cand = cand & (s > lo_p)
+            cand_p, carry_p = _topk_mask(tl.where(cand, s, float("-inf")), thr_p, need_p, carry_p)
+            cand = cand & cand_p
         if MINP:
             cand = cand & (s >= m_s + log_min_p)
         score, c_best, c_id, c_score = _steer_and_pick(s, offs, cand, reward_row, steer, seed, step, dense_row,
