@@ -3,7 +3,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-step bench-linear bench-rewards bench-steering bench-update bench-learning gpu-wheels
+.PHONY: setup demo test bench bench-step bench-linear bench-rewards bench-steering bench-update bench-ties bench-learning gpu-wheels
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-steering: setup
 
 bench-update: setup
 	$(PY) benchmarks/update_speed.py --compile --out benchmarks/results/update-cpu.json
+
+bench-ties: setup
+	$(PY) benchmarks/tie_sets.py --out benchmarks/results/tie-sets-bf16.json
 
 bench-learning: setup
 	$(PY) benchmarks/learning.py --out benchmarks/results/learning-cpu

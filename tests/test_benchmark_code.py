@@ -102,3 +102,20 @@ def test_bench_settings_reach_both_sides(tiny):
     for impl in ("hf", "pd"):
         for row in bench._call(impl, model, enc, 12, 0, None, with_ngram).tolist():
             assert not repeats(row), (impl, row)
+
+
+def test_tie_sets_script_finds_hfs_sets_on_a_bf16_model(tmp_path):
+    """``benchmarks/tie_sets.py`` (the README's count of bf16 ties at top-k): HF's own
+    processed scores are its oracle, and pd's sets must equal them."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import tie_sets
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    out = tmp_path / "ties.json"
+    tie_sets.main(["--new-tokens", "3", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == list(tie_sets.SETTINGS)
+    assert all(r["steps"] == 3 * len(tie_sets.PROMPTS) for r in rows)
+    assert all(v == 0 for r in rows for k, v in r.items() if k.startswith("sets_differ_"))
+    assert sum(r["ties_past_k"] for r in rows) > 0, "the bf16 logits should tie at the k-th somewhere"
