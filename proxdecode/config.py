@@ -238,8 +238,8 @@ class DecodeConfig:
             raise ValueError(f"cache_implementation must be 'static', 'dynamic' or None, got {cache_impl!r}")
         if steer != 0.0 and rewards is None:
             raise ValueError("steer != 0 needs rewards= (there is nothing to steer with)")
-        if not isinstance(gamma, (int, float)) or not (0.0 <= gamma <= 1.0):
-            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+        if finite_number(gamma) is None or not (0.0 <= finite_number(gamma) <= 1.0):
+            raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
         from .step import BACKENDS
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import torch
 
+from .rewards.base import finite_number
 
-def _check(rewards: torch.Tensor, mask: torch.Tensor, gamma: float, name: str = "gamma") -> None:
+
+def _check(rewards: torch.Tensor, mask: torch.Tensor, gamma: float, name: str = "gamma",
+           what: str = "rewards") -> float:
+    """The shapes, a bool mask, and ``gamma`` (or ``lam``) as a float in [0, 1]."""
     if rewards.ndim != 2 or mask.shape != rewards.shape:
-        raise ValueError(f"rewards and mask must both be [B, T]; got {tuple(rewards.shape)} "
+        raise ValueError(f"{what} and mask must both be [B, T]; got {tuple(rewards.shape)} "
                          f"and {tuple(mask.shape)}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {gamma!r}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (True on generated tokens), got {mask.dtype}")
+    g = finite_number(gamma)
+    if g is None or not 0.0 <= g <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {gamma!r}")
+    return g
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
@@ -32,8 +40,10 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float =
     Returns:
         ``[B, T]`` float32, 0 where ``mask`` is False. New tensor.
     """
-    _check(rewards, mask, gamma)
+    gamma = _check(rewards, mask, gamma)
     r = torch.where(mask, rewards.float(), 0.0)
+    if gamma == 0.0:  # each step's own reward (0 * an inf later return would be NaN)
+        return r
     out = torch.zeros_like(r)
     running = r.new_zeros(r.shape[0])  # [B]; T may be 0
     for t in range(r.shape[1] - 1, -1, -1):
@@ -55,8 +65,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         ``(advantages, returns)``, each ``[B, T]`` float32, 0 where ``mask`` is False;
         ``returns = advantages + values`` on valid steps (the value-function target).
     """
-    _check(rewards, mask, gamma)
-    _check(values, mask, lam, "lam")
+    gamma = _check(rewards, mask, gamma)
+    lam = _check(values, mask, lam, "lam", "values")
     m = mask.float()
     r, v = torch.where(mask, rewards.float(), 0.0), torch.where(mask, values.float(), 0.0)  # NaN off the mask too
     adv = torch.zeros_like(r)
@@ -64,7 +74,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     for t in range(r.shape[1] - 1, -1, -1):
         next_v = v[:, t + 1] * m[:, t + 1] if t + 1 < r.shape[1] else torch.zeros_like(running)
         delta = r[:, t] + gamma * next_v - v[:, t]
-        running = (delta + gamma * lam * running * (m[:, t + 1] if t + 1 < r.shape[1] else 0.0)) * m[:, t]
+        carry = running * m[:, t + 1] if gamma * lam > 0 and t + 1 < r.shape[1] else 0.0  # not 0 * inf
+        running = (delta + gamma * lam * carry) * m[:, t]
         adv[:, t] = running
     return adv, (adv + v) * m
 
@@ -92,8 +103,12 @@ def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4,
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
             or scores.numel() % group_size:
         raise ValueError(f"group_size must be an integer >= 1 dividing {scores.numel()}, got {group_size!r}")
-    if scale not in (True, False, "group", "batch", "none"):
+    if not (scale is True or scale is False or scale in ("group", "batch", "none")):
         raise ValueError(f"scale must be True, False, 'group', 'batch' or 'none', got {scale!r}")
+    eps_ = finite_number(eps)
+    if eps_ is None or eps_ < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    eps = eps_
     if bool(torch.isinf(scores).any()):
         raise ValueError("scores has +-inf (NaN marks an unscorable completion; inf is not a score)")
     g = scores.float().view(-1, group_size)  # [G, n]
@@ -102,7 +117,7 @@ def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-4,
         std = _nanstd(g, -1) if group_size > 1 else torch.zeros_like(g[:, :1])  # [G, 1]
         centred = centred / (std + eps)
     elif scale == "batch":
-        std = _nanstd(g.reshape(1, -1), -1) if g.numel() > 1 else torch.zeros(1, 1)  # [1, 1]
+        std = _nanstd(g.reshape(1, -1), -1) if g.numel() > 1 else g.new_zeros(1, 1)  # [1, 1]
         centred = centred / (std + eps)
     return centred.reshape(-1).nan_to_num(nan=0.0)
 

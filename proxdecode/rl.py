@@ -10,7 +10,9 @@ forward over prompt + completion that recomputes log-probs under the current wei
 Steered or filtered rollouts are off-policy: the behaviour distribution ``mu`` is not the
 policy ``pi``. Each token's loss is weighted by the truncated importance ratio
 ``min(cap, pi_old(a) / mu(a))`` (detached; Espeholt et al., 2018, IMPALA's truncation),
-which is 1 where the two agree (``steer = 0``, temperature 1, no filter).
+which is 1 where the two agree (``steer = 0``, temperature 1, no filter). A filter such
+as HF's default ``top_k=50`` makes ``mu`` the renormalised top of ``pi``, so every sampled
+token's weight is the same constant below 1, the kept mass: a rescaled loss, not a bias.
 
 Losses (``B`` rows, ``T`` steps; each a masked mean over valid tokens):
 - REINFORCE with a baseline: ``-w * (G_t - b_t) * log pi(a_t)`` (Williams, 1992), ``b_t``
@@ -59,10 +61,11 @@ def _check_bt(mask: torch.Tensor, **tensors) -> None:
 
 
 def baseline_advantages(returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``G_t - b_t`` with ``b_t`` the mean return at step ``t`` over the rows still running."""
-    m = mask.float()
-    b = (returns * m).sum(0) / m.sum(0).clamp(min=1.0)  # [T]
-    return (returns - b) * m
+    """``G_t - b_t`` with ``b_t`` the mean return at step ``t`` over the rows still running
+    (whatever lies off the mask, NaN included, counts for nothing)."""
+    returns = torch.where(mask, returns, 0.0)  # [B, T]
+    b = returns.sum(0) / mask.sum(0).clamp(min=1).to(returns.dtype)  # [T]
+    return torch.where(mask, returns - b, 0.0)
 
 
 def importance_weights(rollout, cap: float = 1.0) -> torch.Tensor:
@@ -126,29 +129,44 @@ def completion_logprobs(model, rollout, entropy: str | None = None):
         return logp, torch.special.entr(lsm.exp()).sum(-1)  # [B, T]; -p log p, 0 where p = 0
 
 
+def _check_update(algo, clip, kl_coef, ref_model, entropy_coef, is_cap, max_grad_norm) -> None:
+    """``update``'s settings, checked before any forward (``train`` checks them before its
+    first rollout)."""
+    if algo not in ("ppo", "reinforce"):
+        raise ValueError(f"algo must be 'ppo' or 'reinforce', got {algo!r}")
+    if not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and 0.0 < clip < 1.0):
+        raise ValueError(f"clip must be in (0, 1), got {clip!r}")
+    for name, v, lo in (("kl_coef", kl_coef, 0.0), ("entropy_coef", entropy_coef, 0.0), ("is_cap", is_cap, 1e-9)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= lo):
+            raise ValueError(f"{name} must be a finite number >= {lo:g}, got {v!r}")
+    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and not isinstance(
+            max_grad_norm, bool) and math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be a finite number > 0, or None for no clipping, got {max_grad_norm!r}")
+    if kl_coef > 0 and ref_model is None:
+        raise ValueError("kl_coef > 0 needs ref_model=")
+
+
 def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, kl_coef: float = 0.0,
            ref_model=None, entropy_coef: float = 0.0, is_cap: float = 1.0, advantages=None,
            max_grad_norm: float | None = 1.0) -> dict:
     """One gradient step on ``rollout``; returns metrics. The weights are left untouched when
-    the loss or a gradient is not finite (``FloatingPointError``)."""
-    if algo not in ("ppo", "reinforce"):
-        raise ValueError(f"algo must be 'ppo' or 'reinforce', got {algo!r}")
-    for name, v, lo in (("kl_coef", kl_coef, 0.0), ("entropy_coef", entropy_coef, 0.0), ("is_cap", is_cap, 1e-9)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo):
-            raise ValueError(f"{name} must be a finite number >= {lo:g}, got {v!r}")
-    if kl_coef > 0 and ref_model is None:
-        raise ValueError("kl_coef > 0 needs ref_model=")
+    the loss or a gradient is not finite (``FloatingPointError``). ``clip`` is PPO's (checked
+    for REINFORCE too, so a typo never passes); ``max_grad_norm`` clips the gradients' total
+    norm (None: no clipping). The model runs in train mode for the step and is left in the
+    mode it came in."""
+    _check_update(algo, clip, kl_coef, ref_model, entropy_coef, is_cap, max_grad_norm)
     mask = _plain(rollout.mask)
     _check_bt(mask, rewards=rollout.rewards, returns=rollout.returns)
     adv = _plain(baseline_advantages(rollout.returns, mask) if advantages is None else advantages)
     weights = _plain(importance_weights(rollout, is_cap))
 
+    was_training = model.training
     model.train()
     try:
         return _step(model, optimizer, rollout, mask, adv, weights, algo, clip, kl_coef, ref_model, entropy_coef,
                      max_grad_norm)
     finally:
-        model.eval()  # also when the step is refused
+        model.train(was_training)  # also when the step is refused
 
 
 def _step(model, optimizer, rollout, mask, adv, weights, algo, clip, kl_coef, ref_model, entropy_coef,
@@ -174,23 +192,23 @@ def _step(model, optimizer, rollout, mask, adv, weights, algo, clip, kl_coef, re
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    norm = torch.nn.utils.clip_grad_norm_(params, float("inf") if max_grad_norm is None else max_grad_norm)
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError("a gradient is NaN or inf; no step taken, the weights are unchanged")
     optimizer.step()
     return {"loss": float(loss.detach()), "kl": float(kl.detach()), "entropy": float(ent.detach()),
             "grad_norm": float(norm),
-            "reward": float((rollout.rewards * rollout.mask).sum(1).mean()),
+            "reward": float(torch.where(rollout.mask, rollout.rewards, 0.0).sum(1).mean()),
             "ratio_weight": float(_masked_mean(weights, mask))}
 
 
 def to_sparse(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The same signal given only at the end: each row's reward sum on its last valid step."""
-    total = (rewards * mask).sum(1)  # [B]
+    total = torch.where(mask, rewards, 0.0).sum(1)  # [B]; NaN off the mask counts for nothing
     last = (mask.sum(1) - 1).clamp(min=0)  # [B]
     out = torch.zeros_like(rewards)
-    return out.scatter(1, last[:, None], total[:, None]) * mask
+    return torch.where(mask, out.scatter(1, last[:, None], total[:, None]), 0.0)
 
 
 def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4, max_new_tokens: int = 32,
@@ -218,8 +236,7 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not (isinstance(lr, (int, float)) and 0.0 < lr <= 1.0):
         raise ValueError(f"lr must be in (0, 1], got {lr!r}")
-    if not (isinstance(clip, (int, float)) and 0.0 < clip < 1.0):
-        raise ValueError(f"clip must be in (0, 1), got {clip!r}")
+    _check_update(algo, clip, kl_coef, ref_model, entropy_coef, 1.0, 1.0)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -248,7 +265,7 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
                            max_new_tokens=max_new_tokens, num_return_sequences=group_size,
                            do_sample=True, **generate_kwargs)
             t1 = time.perf_counter()
-            dense_reward = float((out.rewards * out.mask).sum(1).mean())
+            dense_reward = float(torch.where(out.mask, out.rewards, 0.0).sum(1).mean())
             if sparse:
                 out.rewards = to_sparse(out.rewards, out.mask)
                 out.returns = discounted_returns(out.rewards, out.mask, gamma)

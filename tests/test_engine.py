@@ -174,6 +174,7 @@ BAD = [
     (dict(steer=float("inf")), ValueError, "steer"),
     (dict(steer=1.0), ValueError, "steer"),
     (dict(gamma=1.5), ValueError, "gamma"),
+    (dict(gamma=True), ValueError, "gamma must be a number"),
     (dict(seed=[1, 2, 3]), ValueError, "seed"),
     (dict(linear="fast"), ValueError, "linear"),
     (dict(compile="yes"), TypeError, "compile"),

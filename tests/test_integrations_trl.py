@@ -117,3 +117,19 @@ def test_grpo_trainer_runs_with_the_reward_function(tiny, tmp_path):
     logs = [h for h in trainer.state.log_history if "reward" in h or "rewards/seed_rule/mean" in h]
     assert logs, trainer.state.log_history
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it learned something
+
+
+def test_ppo_token_rewards_zero_off_the_mask_and_checked_arguments():
+    class R:
+        mask = torch.tensor([[True, True, False]])
+        rewards = torch.tensor([[1.0, 2.0, float("nan")]])
+        policy_logprobs = torch.tensor([[-1.0, -2.0, float("-inf")]])
+    ref = torch.tensor([[-1.5, -1.0, float("-inf")]])
+    out = ppo_token_rewards(R, ref, kl_coef=0.1)
+    assert torch.allclose(out, torch.tensor([[-0.05, 0.1 + 3.0, 0.0]]))  # hand layout; 0 past the end
+    for bad in (-1.0, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="kl_coef must be a finite number >= 0"):
+            ppo_token_rewards(R, ref, kl_coef=bad)
+    with pytest.raises(ValueError, match="kl_coef > 0 needs ref_logprobs"):
+        ppo_token_rewards(R, None, kl_coef=0.5)
+    assert torch.equal(ppo_token_rewards(R), torch.tensor([[0.0, 3.0, 0.0]]))

@@ -115,3 +115,33 @@ def test_bad_inputs():
         discounted_returns(r, torch.ones(2, 4, dtype=torch.bool), 0.9)
     with pytest.raises(ValueError, match="lam"):
         gae(r, r, torch.ones(2, 3, dtype=torch.bool), 0.9, -0.1)
+
+
+def test_more_bad_inputs_name_the_argument():
+    r, m = torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="mask must be a bool tensor"):
+        discounted_returns(r, m.long(), 0.9)  # a 0/1 mask of ints
+    for bad in (True, float("nan"), "0.9"):
+        with pytest.raises(ValueError, match="gamma must be a number in"):
+            discounted_returns(r, m, bad)
+    with pytest.raises(ValueError, match="values and mask"):
+        gae(r, torch.zeros(2, 4), m, 0.9, 0.9)
+    s = torch.arange(4.0)
+    for eps in (float("nan"), -1.0, "x"):
+        with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+            group_advantages(s, 2, eps=eps)
+    for scale in (0, 1, 1.0):  # numbers equal to False/True are not the flags
+        with pytest.raises(ValueError, match="scale must be"):
+            group_advantages(s, 2, scale=scale)
+
+
+def test_gamma_zero_returns_each_steps_own_reward_even_beside_an_infinite_one():
+    r = torch.tensor([[1.0, float("inf"), 2.0]])
+    m = torch.ones(1, 3, dtype=torch.bool)
+    assert discounted_returns(r, m, 0.0).tolist() == [[1.0, float("inf"), 2.0]]
+    adv, _ = gae(r, torch.zeros(1, 3), m, 0.0, 0.9)  # gamma * lam = 0: delta alone
+    assert adv.tolist() == [[1.0, float("inf"), 2.0]]
+
+
+def test_batch_scale_of_one_score():
+    assert group_advantages(torch.tensor([3.0]), 1, scale="batch").tolist() == [0.0]

@@ -133,10 +133,12 @@ def test_nan_loss_keeps_the_weights(tiny):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     out.returns = out.returns.clone()
     adv = torch.full_like(out.returns, float("inf"))
-    with pytest.raises((FloatingPointError, ValueError)):
-        rl.update(model, opt, out, advantages=adv)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not model.training  # back in eval mode after the refused step
+    for mode in (False, True):  # left in the mode it came in, also after a refused step
+        model.train(mode)
+        with pytest.raises((FloatingPointError, ValueError)):
+            rl.update(model, opt, out, advantages=adv)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert model.training == mode
     with pytest.raises(ValueError, match="group_size >= 2"):  # one row: its own baseline, nothing to learn
         rl.train(model, tok, ["x"], None, 1, group_size=1)
     with pytest.raises(ValueError, match="lr must be in"):
@@ -197,3 +199,55 @@ def test_cli_train_logs_metrics(real, tmp_path):
         assert math.isfinite(r["loss"]) and r["tokens_per_s"] > 0 and r["entropy"] > 0  # measured
     with pytest.raises(SystemExit, match="--train-layers must be in"):
         main(["train", "x", "--reward", "ends-with", "--train-layers", "999", "--steps", "1"])
+
+
+def test_baseline_ignores_nan_off_the_mask():
+    """A NaN return past a row's end must not spoil the baseline of the rows still running."""
+    returns = torch.tensor([[1.0, 2.0, 3.0], [-1.0, float("nan"), float("nan")]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    adv = rl.baseline_advantages(returns, mask)
+    want = [[1.0 - 0.0, 0.0, 0.0], [-1.0 - 0.0, 0.0, 0.0]]  # by hand: b = [0, 2, 3]
+    assert adv.tolist() == want
+    sparse = rl.to_sparse(returns, mask)
+    assert sparse.tolist() == [[0.0, 0.0, 6.0], [-1.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(max_grad_norm=-1.0), "max_grad_norm must be a finite number > 0"),
+    (dict(max_grad_norm=float("nan")), "max_grad_norm must be a finite number > 0"),
+    (dict(max_grad_norm=0), "max_grad_norm must be a finite number > 0"),
+    (dict(algo="ppo", clip=1.5), "clip must be in"),
+    (dict(algo="reinforce", clip=-3), "clip must be in"),
+    (dict(algo="grpo"), "algo must be"),
+    (dict(kl_coef=0.1), "kl_coef > 0 needs ref_model"),
+])
+def test_update_settings_are_refused_before_any_forward(tiny, monkeypatch, kw, says):
+    model, tok = tiny
+    out = _rollout(model, tok, pd.Rewards(tok, [pd.rewards.EndsWith(".")]))
+    monkeypatch.setattr(rl, "completion_logprobs", lambda *a, **k: pytest.fail("a forward ran"))
+    with pytest.raises(ValueError, match=says):
+        rl.update(model, torch.optim.SGD(model.parameters(), lr=0.0), out, **kw)
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(algo="grpo"), "algo must be"),
+    (dict(kl_coef=-1.0), "kl_coef must be a finite number"),
+    (dict(entropy_coef=float("nan")), "entropy_coef must be a finite number"),
+    (dict(kl_coef=0.1), "kl_coef > 0 needs ref_model"),
+])
+def test_train_settings_are_refused_before_any_rollout(tiny, monkeypatch, kw, says):
+    import proxdecode.engine as engine
+
+    model, tok = tiny
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: pytest.fail("a rollout ran"))
+    with pytest.raises(ValueError, match=says):
+        rl.train(model, tok, ["Hi"], pd.Rewards(tok, [pd.rewards.EndsWith(".")]), 1, progress=False, **kw)
+
+
+def test_max_grad_norm_none_does_not_clip(tiny):
+    model, tok = tiny
+    model = type(model)(model.config).eval()
+    out = _rollout(model, tok, pd.Rewards(tok, [pd.rewards.EndsWith(".")]))
+    metrics = rl.update(model, torch.optim.SGD(model.parameters(), lr=0.0), out, algo="reinforce",
+                        max_grad_norm=None)
+    assert math.isfinite(metrics["grad_norm"]) and not model.training

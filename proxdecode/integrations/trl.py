@@ -83,14 +83,24 @@ def reward_function(rewards, name: str | None = None):
 
 def ppo_token_rewards(rollout, ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0) -> torch.Tensor:
     """``[B, T]`` per-token rewards in TRL PPO's layout: ``-kl_coef * (log pi - log pi_ref)`` on
-    every valid token, plus the row's summed proximal reward on its last valid token."""
+    every valid token, plus the row's summed proximal reward on its last valid token; 0 off
+    the mask, whatever lies there. ``log pi`` is the rollout's ``policy_logprobs``, at
+    temperature 1 (TRL's PPO took the log-probs at the sampling temperature: the KL terms
+    differ where that is not 1). ``kl_coef`` > 0 needs ``ref_logprobs``."""
+    from ..rewards.base import finite_number
+
     mask = rollout.mask
+    coef = finite_number(kl_coef)
+    if coef is None or coef < 0:
+        raise ValueError(f"kl_coef must be a finite number >= 0, got {kl_coef!r}")
+    if coef > 0 and ref_logprobs is None:
+        raise ValueError("kl_coef > 0 needs ref_logprobs= (the reference model's log-probs of the tokens)")
     out = torch.zeros_like(rollout.rewards)
     if ref_logprobs is not None:
         if ref_logprobs.shape != mask.shape:
             raise ValueError(f"ref_logprobs must be {tuple(mask.shape)}, got {tuple(ref_logprobs.shape)}")
-        out = -kl_coef * (rollout.policy_logprobs - ref_logprobs)
-    score = (rollout.rewards * mask).sum(1)  # [B]
+        out = torch.where(mask, -coef * (rollout.policy_logprobs - ref_logprobs), 0.0)  # [B, T]
+    score = torch.where(mask, rollout.rewards, 0.0).sum(1)  # [B]
     last = (mask.sum(1) - 1).clamp(min=0)
     out = out.scatter_add(1, last[:, None], score[:, None])
-    return out * mask
+    return torch.where(mask, out, 0.0)
