@@ -105,8 +105,12 @@ def section_e2e(rec, models, batches, new_tokens, reps, model_dtype, smoke):
                             out = pd.generate(model, **enc, seed=0, **extra, **gen)
                         return out.sequences if hasattr(out, "sequences") else out
 
+                    def hf_run():
+                        with torch.inference_mode():  # as pd.generate runs (HF's own is no_grad)
+                            return model.generate(**enc, **gen)
+
                     runs = {"pd_triton": lambda: pd_run("triton"), "pd_torch": lambda: pd_run("torch"),
-                            "hf_generate": lambda: model.generate(**enc, **gen)}
+                            "hf_generate": hf_run}
                     if shape == models[0] and B == batches[1]:  # one cell: the compile is minutes
                         # the decode forward compiled with HF's default CompileConfig: "reduce-overhead",
                         # i.e. captured in a CUDA graph (static cache, fixed-shape mask); with the

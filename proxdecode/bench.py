@@ -40,7 +40,8 @@ def _call(impl: str, model, enc, new_tokens: int, seed: int, engine: dict | None
     kw = dict(settings, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
     if impl == "hf":
         torch.manual_seed(seed)
-        return model.generate(**enc, **kw)
+        with torch.inference_mode():  # as pd.generate runs (HF's own is no_grad)
+            return model.generate(**enc, **kw)
     return pd.generate(model, **enc, **kw, seed=seed, **(engine or {}))
 
 
