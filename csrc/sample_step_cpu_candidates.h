@@ -1,7 +1,8 @@
 // The candidate set of the CPU decode step (sample_step_cpu.cpp), without sorting the
-// vocabulary: the per-thread workspace, top-k by a heap scan (and its ties), top-p by a bisection on the
-// probability mass, and the Gumbel-max pick that evaluates exact draws only for the
-// candidates that can still win. Included by that one translation unit.
+// vocabulary: the per-thread workspace, top-k by a heap scan (then the rest of its tie),
+// top-p by a bisection on the probability mass, and the Gumbel-max pick that evaluates
+// exact draws only for the candidates that can still win. Included by that one
+// translation unit.
 
 #pragma once
 
@@ -150,7 +151,7 @@ void add_top_k_ties(const float* s, int64_t V, std::vector<Entry>& out) {
     if (!(bmax >= t)) continue;
     for (int64_t i = i0; i < i1 && room > 0; ++i) {
       if (s[i] == t) {
-        out.push_back({t, static_cast<int32_t>(i)});
+        out.push_back({s[i], static_cast<int32_t>(i)});  // s[i], not t: -0 ties +0
         --room;
       }
     }

@@ -18,9 +18,9 @@ Pipeline, per row of ``logits`` ``[B, V]`` (the README's "How it works"):
    top-k does top-p sort the row;
 6. steer inside the candidate set: ``s_a + beta * R[b, a]``;
 7. pick: Gumbel-max over the counter-based draws when sampling, argmax otherwise
-   (the lowest id among the tied candidates wins, as ``torch.argmax`` picks; when top-k or
-   top-p cuts inside a tie group, which ids stay is ``torch.topk``/``torch.sort``'s choice
-   here, the lowest ids in the C++ and Triton steps);
+   (the lowest id among the tied candidates wins, as ``torch.argmax`` picks; when top-p,
+   or top-k past its room, cuts inside a tie group, which ids stay is
+   ``torch.topk``/``torch.sort``'s choice here, the lowest ids in the C++ and Triton steps);
 8. emit the token, its log-prob under step 6's distribution and under the raw model
    (``log_softmax(z)`` at temperature 1, before any processing).
 
@@ -30,8 +30,8 @@ a row of thousands of equal logits is where the bound bites: then the list's ``k
 TIE_ROOM`` slots go to tokens of the tie, ``torch.topk``'s choice here, the lowest ids in
 the C++ and Triton steps). Without a bound, the list would have no fixed length: a full
 sort, or a host sync, every step. Top-p keeps a token while the mass ranked strictly above
-it is below ``p``, which is HF's rule written in descending order; inside a tied group it
-cuts where HF does, and which tied ids stay is the order's choice.
+it is below ``p``, which is HF's rule written in descending order; of a tied group it
+keeps as many as HF does, and which tied ids stay is each side's sort order's choice.
 No ``.item()``, no host sync, no branch on tensor values.
 
 ``select_step`` picks the implementation once per (backend, device), as vLLM's sampler
@@ -51,6 +51,7 @@ from . import philox
 # Tokens tied with the k-th largest value that top-k keeps past the k-th (HF keeps every
 # tie). The C++, CUDA and Triton steps use the same number.
 TIE_ROOM = 64
+
 
 @dataclass
 class StepOutput:
