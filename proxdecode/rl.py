@@ -26,9 +26,9 @@ Losses (``B`` rows, ``T`` steps; each a masked mean over valid tokens):
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .rewards.base import finite_number
 
 
 def _plain(t):
@@ -131,18 +131,20 @@ def completion_logprobs(model, rollout, entropy: str | None = None):
 
 def _check_update(algo, clip, kl_coef, ref_model, entropy_coef, is_cap, max_grad_norm) -> None:
     """``update``'s settings, checked before any forward (``train`` checks them before its
-    first rollout)."""
+    first rollout); numbers as ``rewards.base.finite_number`` takes them."""
     if algo not in ("ppo", "reinforce"):
         raise ValueError(f"algo must be 'ppo' or 'reinforce', got {algo!r}")
-    if not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and 0.0 < clip < 1.0):
+    c = finite_number(clip)
+    if c is None or not 0.0 < c < 1.0:
         raise ValueError(f"clip must be in (0, 1), got {clip!r}")
     for name, v, lo in (("kl_coef", kl_coef, 0.0), ("entropy_coef", entropy_coef, 0.0), ("is_cap", is_cap, 1e-9)):
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= lo):
+        x = finite_number(v)
+        if x is None or x < lo:
             raise ValueError(f"{name} must be a finite number >= {lo:g}, got {v!r}")
-    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and not isinstance(
-            max_grad_norm, bool) and math.isfinite(max_grad_norm) and max_grad_norm > 0):
+    g = None if max_grad_norm is None else finite_number(max_grad_norm)
+    if max_grad_norm is not None and (g is None or g <= 0):
         raise ValueError(f"max_grad_norm must be a finite number > 0, or None for no clipping, got {max_grad_norm!r}")
-    if kl_coef > 0 and ref_model is None:
+    if finite_number(kl_coef) > 0 and ref_model is None:
         raise ValueError("kl_coef > 0 needs ref_model=")
 
 
