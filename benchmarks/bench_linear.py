@@ -61,7 +61,7 @@ def main(argv=None):
                                        for _ in range(args.runs))
             for rows in args.rows:
                 x = torch.randn(rows, in_f)  # [rows, in]: every layer of a kind takes the same shape
-                first_pack_s = _seconds(lambda: pack_linears(model, rows))  # the process's first of this shape
+                first_pack_s = _seconds(lambda: pack_linears(model, rows))  # first of these layers (o reuses q's shape)
                 pack_s = statistics.median(_seconds(lambda: pack_linears(model, rows)) for _ in range(3))
                 packed = pack_linears(model, rows)  # what each generate call pays once
 

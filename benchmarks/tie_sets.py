@@ -3,8 +3,9 @@
 bf16 has 8 significant bits, so near the 50th largest logit several tokens often share one
 value. HF's ``TopKLogitsWarper`` keeps them all; pd's step keeps them too (up to
 ``TIE_ROOM`` past the k-th). This runs HF's own ``generate`` on the default model in bf16
-with ``output_scores`` (its processed scores: the oracle) and ``output_logits``, then every
-pd step implementation on the same raw logits and prefixes, and counts, per setting, the
+with ``output_scores`` (its processed scores: the oracle) and ``output_logits``, then pd's
+torch and C++ steps (the Triton one runs in ``tests/test_top_k_ties.py``) on the same raw
+logits and prefixes, and counts, per setting, the
 steps whose candidate set (finite scores) differs from HF's and the steps with ties past
 the k-th: HF's set larger than k, where a step that kept exactly k tokens would differ.
 
@@ -48,7 +49,7 @@ def seen_at(seq: torch.Tensor, mask: torch.Tensor, length: int, vocab: int) -> t
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--new-tokens", type=int, default=24)
-    ap.add_argument("--out", default="benchmarks/results/tie-sets-bf16.json")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "tie-sets-bf16.json"))
     args = ap.parse_args(argv)
 
     model, tok = pd.load_model()

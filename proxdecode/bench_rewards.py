@@ -52,8 +52,8 @@ def seed_style_processor(tokenizer, prompt_len: int, beta: float):
                 prefix = input_ids[b, prompt_len:].tolist()
                 texts = tokenizer.batch_decode([prefix + [c] for c in idx[b].tolist()], skip_special_tokens=True)
                 rewards.append([TextBlob(t).sentiment.polarity + seed_get_reward(t) for t in texts])
-            r = torch.tensor(rewards, dtype=vals.dtype, device=vals.device)  # [B, 20]
-            return torch.full_like(scores, float("-inf")).scatter_(1, idx, vals + beta * r)
+            r = torch.tensor([[beta * x for x in row] for row in rewards], dtype=vals.dtype, device=vals.device)
+            return torch.full_like(scores, float("-inf")).scatter_(1, idx, vals + r)  # [B, V]
     return SeedStyle()
 
 

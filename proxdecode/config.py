@@ -238,7 +238,8 @@ class DecodeConfig:
             raise ValueError(f"cache_implementation must be 'static', 'dynamic' or None, got {cache_impl!r}")
         if steer != 0.0 and rewards is None:
             raise ValueError("steer != 0 needs rewards= (there is nothing to steer with)")
-        if finite_number(gamma) is None or not (0.0 <= finite_number(gamma) <= 1.0):
+        gamma_value = finite_number(gamma)
+        if gamma_value is None or not 0.0 <= gamma_value <= 1.0:
             raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
         from .step import BACKENDS
         if backend not in BACKENDS:
@@ -268,7 +269,7 @@ class DecodeConfig:
             return_dict_in_generate=bool(gc.return_dict_in_generate),
             output_scores=bool(gc.output_scores), output_logits=bool(gc.output_logits),
             output_hidden_states=bool(gc.output_hidden_states), output_attentions=bool(gc.output_attentions),
-            renormalize_logits=bool(gc.renormalize_logits), steer=float(steer), gamma=float(gamma),
+            renormalize_logits=bool(gc.renormalize_logits), steer=float(steer), gamma=gamma_value,
             prompt_seeds=_prompt_seeds(seed, input_ids.shape[0]), stop_strings=stop_strings,
             static_cache=static, backend=backend, compile=do_compile,
             compile_required=compile is True, compile_config=gc.compile_config, linear=linear,

@@ -11,8 +11,9 @@ Steered or filtered rollouts are off-policy: the behaviour distribution ``mu`` i
 policy ``pi``. Each token's loss is weighted by the truncated importance ratio
 ``min(cap, pi_old(a) / mu(a))`` (detached; Espeholt et al., 2018, IMPALA's truncation),
 which is 1 where the two agree (``steer = 0``, temperature 1, no filter). A filter such
-as HF's default ``top_k=50`` makes ``mu`` the renormalised top of ``pi``, so every sampled
-token's weight is the same constant below 1, the kept mass: a rescaled loss, not a bias.
+as HF's default ``top_k=50`` makes ``mu`` the renormalised top of ``pi``, so a token's
+weight is the mass its step's filter kept: below 1, and lower at the steps where the
+filter cut more.
 
 Losses (``B`` rows, ``T`` steps; each a masked mean over valid tokens):
 - REINFORCE with a baseline: ``-w * (G_t - b_t) * log pi(a_t)`` (Williams, 1992), ``b_t``
@@ -129,6 +130,16 @@ def completion_logprobs(model, rollout, entropy: str | None = None):
         return logp, torch.special.entr(lsm.exp()).sum(-1)  # [B, T]; -p log p, 0 where p = 0
 
 
+def _modes(model) -> list:
+    """Every module's train/eval flag (a caller may hold some submodules in eval)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore(modes: list) -> None:
+    for m, training in modes:
+        m.training = training
+
+
 def _check_update(algo, clip, kl_coef, ref_model, entropy_coef, is_cap, max_grad_norm) -> None:
     """``update``'s settings, checked before any forward (``train`` checks them before its
     first rollout); numbers as ``rewards.base.finite_number`` takes them."""
@@ -142,8 +153,8 @@ def _check_update(algo, clip, kl_coef, ref_model, entropy_coef, is_cap, max_grad
         if x is None or x < lo:
             raise ValueError(f"{name} must be a finite number >= {lo:g}, got {v!r}")
     g = None if max_grad_norm is None else finite_number(max_grad_norm)
-    if max_grad_norm is not None and (g is None or g <= 0):
-        raise ValueError(f"max_grad_norm must be a finite number > 0, or None for no clipping, got {max_grad_norm!r}")
+    if max_grad_norm is not None and (g is None or g < 0):
+        raise ValueError(f"max_grad_norm must be a finite number >= 0 (0 or None: no clipping), got {max_grad_norm!r}")
     if finite_number(kl_coef) > 0 and ref_model is None:
         raise ValueError("kl_coef > 0 needs ref_model=")
 
@@ -154,21 +165,21 @@ def update(model, optimizer, rollout, *, algo: str = "ppo", clip: float = 0.2, k
     """One gradient step on ``rollout``; returns metrics. The weights are left untouched when
     the loss or a gradient is not finite (``FloatingPointError``). ``clip`` is PPO's (checked
     for REINFORCE too, so a typo never passes); ``max_grad_norm`` clips the gradients' total
-    norm (None: no clipping). The model runs in train mode for the step and is left in the
-    mode it came in."""
+    norm (0 or None: no clipping, as HF's ``Trainer`` reads 0). The model runs in train mode
+    for the step, and every module is left in the mode it came in."""
     _check_update(algo, clip, kl_coef, ref_model, entropy_coef, is_cap, max_grad_norm)
     mask = _plain(rollout.mask)
     _check_bt(mask, rewards=rollout.rewards, returns=rollout.returns)
     adv = _plain(baseline_advantages(rollout.returns, mask) if advantages is None else advantages)
     weights = _plain(importance_weights(rollout, is_cap))
 
-    was_training = model.training
+    modes = _modes(model)
     model.train()
     try:
         return _step(model, optimizer, rollout, mask, adv, weights, algo, clip, kl_coef, ref_model, entropy_coef,
                      max_grad_norm)
     finally:
-        model.train(was_training)  # also when the step is refused
+        _restore(modes)  # also when the step is refused
 
 
 def _step(model, optimizer, rollout, mask, adv, weights, algo, clip, kl_coef, ref_model, entropy_coef,
@@ -194,7 +205,8 @@ def _step(model, optimizer, rollout, mask, adv, weights, algo, clip, kl_coef, re
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, float("inf") if max_grad_norm is None else max_grad_norm)
+    limit = float(max_grad_norm) if max_grad_norm else float("inf")  # 0 / None: measure only
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError("a gradient is NaN or inf; no step taken, the weights are unchanged")
@@ -226,7 +238,8 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
     ``progress`` shows a transient bar on stderr in a terminal or a notebook (nothing when
     stderr is a file or a pipe).
     On a non-finite loss or gradient it stops with the step number; the weights are those
-    from before that step.
+    from before that step. Rollouts run in eval mode, updates in train mode; every module's
+    mode is restored at the end.
     """
     import json
     import time
@@ -236,8 +249,8 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and 0.0 < lr <= 1.0):
-        raise ValueError(f"lr must be in (0, 1], got {lr!r}")
+    if finite_number(lr) is None or not 0.0 < finite_number(lr) <= 1.0:
+        raise ValueError(f"lr must be a number in (0, 1], got {lr!r}")
     _check_update(algo, clip, kl_coef, ref_model, entropy_coef, 1.0, 1.0)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
@@ -250,6 +263,7 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
     optimizer = optimizer or torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
     history = []
+    modes = _modes(model)  # rollouts run in eval mode, updates in train mode; restored at the end
     log = open(log_path, "a") if log_path else None
     bar = None
     if progress:
@@ -287,6 +301,7 @@ def train(model, tokenizer, prompts, rewards, steps: int, *, group_size: int = 4
             if bar:
                 bar.update(task, advance=1, description=f"reward {dense_reward:+.3f}")
     finally:
+        _restore(modes)
         if bar:
             bar.stop()
         if log:

@@ -31,7 +31,8 @@ TIE_ROOM`` slots go to tokens of the tie, ``torch.topk``'s choice here, the lowe
 the C++ and Triton steps). Without a bound, the list would have no fixed length: a full
 sort, or a host sync, every step. Top-p keeps a token while the mass ranked strictly above
 it is below ``p``, which is HF's rule written in descending order; of a tied group it
-keeps as many as HF does, and which tied ids stay is each side's sort order's choice.
+keeps as many as HF does (up to fp32 rounding where the group's mass lands on ``p``
+itself), and which tied ids stay is each side's sort order's choice.
 No ``.item()``, no host sync, no branch on tensor values.
 
 ``select_step`` picks the implementation once per (backend, device), as vLLM's sampler

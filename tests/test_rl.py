@@ -141,7 +141,7 @@ def test_nan_loss_keeps_the_weights(tiny):
         assert model.training == mode
     with pytest.raises(ValueError, match="group_size >= 2"):  # one row: its own baseline, nothing to learn
         rl.train(model, tok, ["x"], None, 1, group_size=1)
-    with pytest.raises(ValueError, match="lr must be in"):
+    with pytest.raises(ValueError, match="lr must be a number in"):
         rl.train(model, tok, ["x"], None, 1, lr=2.0)
     with pytest.raises(ValueError, match="prompts is empty"):
         rl.train(model, tok, [], None, 1)
@@ -213,9 +213,9 @@ def test_baseline_ignores_nan_off_the_mask():
 
 
 @pytest.mark.parametrize("kw, says", [
-    (dict(max_grad_norm=-1.0), "max_grad_norm must be a finite number > 0"),
-    (dict(max_grad_norm=float("nan")), "max_grad_norm must be a finite number > 0"),
-    (dict(max_grad_norm=0), "max_grad_norm must be a finite number > 0"),
+    (dict(max_grad_norm=-1.0), "max_grad_norm must be a finite number >= 0"),
+    (dict(max_grad_norm=float("nan")), "max_grad_norm must be a finite number >= 0"),
+    (dict(max_grad_norm="1"), "max_grad_norm must be a finite number >= 0"),
     (dict(algo="ppo", clip=1.5), "clip must be in"),
     (dict(algo="reinforce", clip=-3), "clip must be in"),
     (dict(algo="grpo"), "algo must be"),
@@ -244,10 +244,36 @@ def test_train_settings_are_refused_before_any_rollout(tiny, monkeypatch, kw, sa
         rl.train(model, tok, ["Hi"], pd.Rewards(tok, [pd.rewards.EndsWith(".")]), 1, progress=False, **kw)
 
 
-def test_max_grad_norm_none_does_not_clip(tiny):
+@pytest.mark.parametrize("clip", [None, 0, "half"])
+def test_max_grad_norm_clips_the_step_or_not(tiny, clip):
+    """One SGD step at lr 1 moves the weights by the (clipped) gradient: its norm is the
+    gradient's norm unclipped (None or 0, as HF's Trainer reads 0), half of it clipped there."""
     model, tok = tiny
     model = type(model)(model.config).eval()
+    model.load_state_dict(pd.random_model("tiny", seed=0)[0].state_dict())
     out = _rollout(model, tok, pd.Rewards(tok, [pd.rewards.EndsWith(".")]))
-    metrics = rl.update(model, torch.optim.SGD(model.parameters(), lr=0.0), out, algo="reinforce",
-                        max_grad_norm=None)
-    assert math.isfinite(metrics["grad_norm"]) and not model.training
+    adv = torch.where(out.mask, torch.linspace(-1.0, 1.0, out.mask.numel()).view_as(out.mask), 0.0)
+    kw = dict(algo="reinforce", advantages=adv)
+    norm = rl.update(model, torch.optim.SGD(model.parameters(), lr=0.0), out, max_grad_norm=None, **kw)["grad_norm"]
+    assert norm > 1e-3, "the test needs a gradient"
+    max_grad_norm = norm / 2 if clip == "half" else clip
+    before = [p.detach().clone() for p in model.parameters()]
+    rl.update(model, torch.optim.SGD(model.parameters(), lr=1.0), out, max_grad_norm=max_grad_norm, **kw)
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert math.isclose(float(moved), max_grad_norm or norm, rel_tol=1e-3)
+    assert not model.training
+
+
+def test_update_and_train_restore_every_modules_mode(tiny):
+    model, tok = tiny
+    model = type(model)(model.config)
+    model.load_state_dict(pd.random_model("tiny", seed=0)[0].state_dict())
+    model.train()
+    model.model.layers[0].eval()  # a caller's frozen block
+    want = [m.training for m in model.modules()]
+    out = _rollout(model, tok, pd.Rewards(tok, [pd.rewards.EndsWith(".")]))
+    rl.update(model, torch.optim.SGD(model.parameters(), lr=0.0), out, algo="reinforce")
+    assert [m.training for m in model.modules()] == want
+    rl.train(model, tok, ["Hi", "Yo"], pd.Rewards(tok, [pd.rewards.EndsWith(".")]), 1, max_new_tokens=4,
+             group_size=2, lr=1e-9, progress=False)
+    assert [m.training for m in model.modules()] == want

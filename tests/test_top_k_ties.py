@@ -171,3 +171,15 @@ def test_first_scores_are_hfs_on_a_bf16_model(real_bf16, backend):
     got = torch.isfinite(pd.generate(model, **enc, backend=backend, seed=0, **kw).scores[0])
     assert want.sum(-1).max() <= 50 + TIE_ROOM and want.sum(-1).max() > 50, "a prompt should tie at the 50th"
     assert torch.equal(got, want), f"set sizes: pd {got.sum(-1).tolist()}, HF {want.sum(-1).tolist()}"
+
+
+def test_every_implementation_holds_the_same_tie_room():
+    """The C++ and CUDA sources spell TIE_ROOM as constants of their own (the CUDA step cannot
+    run here): they must equal the reference's."""
+    import re
+    from pathlib import Path
+
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    for name in ("sample_step_cpu_candidates.h", "sample_step_cuda.cu"):
+        found = re.findall(r"kTieRoom = (\d+);", (csrc / name).read_text())
+        assert found == [str(TIE_ROOM)], (name, found)
