@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from ..rewards.base import finite_number
+
 
 def score_completions(rewards, completion_ids: list[list[int]], prompts=None) -> torch.Tensor:
     """``[N]`` summed reward of each completion (token ids), by teacher forcing after its
@@ -87,8 +89,6 @@ def ppo_token_rewards(rollout, ref_logprobs: torch.Tensor | None = None, kl_coef
     the mask, whatever lies there. ``log pi`` is the rollout's ``policy_logprobs``, at
     temperature 1 (TRL's PPO took the log-probs at the sampling temperature: the KL terms
     differ where that is not 1). ``kl_coef`` > 0 needs ``ref_logprobs``."""
-    from ..rewards.base import finite_number
-
     mask = rollout.mask
     coef = finite_number(kl_coef)
     if coef is None or coef < 0:

@@ -157,6 +157,12 @@ class RewardContext:
     prompts: int | None = None  # prompts before num_return_sequences (rows b*k..b*k+k-1 share one); None: batch
     eos_token_ids: tuple[int, ...] = ()  # the call's EOS ids (choosing one ends the row)
 
+    def eos_mask(self) -> torch.Tensor:
+        """``[vocab]`` bool on the CPU: True at the call's EOS ids."""
+        eos = torch.zeros(self.vocab, dtype=torch.bool)
+        eos[list(self.eos_token_ids)] = True
+        return eos
+
 
 @dataclass
 class _Bound:

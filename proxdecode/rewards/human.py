@@ -118,7 +118,8 @@ class HumanFeedback(Reward):
         super().__init__(weight, name)
         if (weights is None) == (ratings is None):
             raise ValueError("HumanFeedback: give weights (a [V] table or {word: weight}) or ratings, not both")
-        if finite_number(ridge) is None or finite_number(ridge) <= 0:
+        ridge_value = finite_number(ridge)
+        if ridge_value is None or ridge_value <= 0:
             raise ValueError(f"HumanFeedback: ridge must be a finite number > 0, got {ridge!r}")
         if ratings is not None:
             try:
@@ -137,7 +138,7 @@ class HumanFeedback(Reward):
             if weights.dim() != 1 or not bool(torch.isfinite(weights).all()):
                 raise ValueError(f"HumanFeedback: a weights table must be 1-D and finite, "
                                  f"got shape {tuple(weights.shape)}")
-        self.weights, self.ratings, self.ridge = weights, ratings, finite_number(ridge)
+        self.weights, self.ratings, self.ridge = weights, ratings, ridge_value
         self.mean_rating, self.source = None, None  # the ratings' mean (after bind); their file
         self._table = None
 

@@ -232,8 +232,7 @@ class Overlap(Reward):
         extra = V - self._canon.numel()  # the model's padding rows: no text, class 0
         canon, first, text, brk = (torch.cat([t, t.new_zeros(extra)]) for t in
                                    (self._canon, self._first, self._text, self._break))
-        eos = torch.zeros(V, dtype=torch.bool)  # [V] the call's EOS ids: choosing one ends the row
-        eos[list(ctx.eos_token_ids)] = True
+        eos = ctx.eos_mask()  # [V] the call's EOS ids: choosing one ends the row
         # an EOS that adds nothing settles M - Phi as its score; one the metric counts ("." for
         # BLEU) scores as text, and the terminal settles
         settle = eos & ~text  # [V]

@@ -201,8 +201,7 @@ class Length(Reward):
         B, dev = ctx.batch, ctx.device
         special = _pad_vocab(self._special, ctx.vocab, False)  # [V]
         text = _pad_vocab(~self._special, ctx.vocab, False)  # [V] padding rows: neither
-        eos = torch.zeros(ctx.vocab, dtype=torch.bool)  # [V] the call's EOS ids
-        eos[list(ctx.eos_token_ids)] = True
+        eos = ctx.eos_mask()  # [V] the call's EOS ids
         return {"special": special.to(dev), "text": text.to(dev), "eos": eos.to(dev),
                 "over": ((special | text) & ~(eos & special)).to(dev),  # [V] charged past max_tokens
                 "count": torch.zeros(B, dtype=torch.long, device=dev),
